@@ -1,0 +1,3 @@
+from chatbot_llm.cli import main
+
+main()

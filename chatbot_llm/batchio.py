@@ -1,0 +1,104 @@
+"""Prompt files in, result records out: the seed's text format, JSONL and CSV.
+
+A prompt file is checked whole (exists, is a file, readable, UTF-8, has a prompt) before any
+model is loaded, then streamed line by line, so a long file never sits in memory. Each record is
+written with one write() and flushed as soon as its prompt is done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from chatbot_llm.errors import ChatbotError, UsageError
+
+FORMATS = ("text", "jsonl", "csv")
+CSV_FIELDS = ("index", "prompt", "response", "model", "backend", "variant", "new_tokens", "seconds",
+              "finish_reason", "params")
+SEPARATOR = "=" * 60
+
+
+def check_prompt_file(path: Path) -> int:
+    """Number of prompts (non-empty lines) in the file, or a UsageError saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"prompt file not found: {path}")
+    if path.is_dir():
+        raise UsageError(f"prompt file is a directory: {path}")
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UsageError(
+                        f"prompt file {path} is not UTF-8 text (line {number}); re-save it as UTF-8"
+                    ) from None
+                count += bool(line.strip())
+    except PermissionError:
+        raise UsageError(f"prompt file is not readable (permission denied): {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    if count == 0:
+        raise UsageError(f"prompt file {path} has no prompts: every line is empty")
+    return count
+
+
+def read_prompts(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, prompt) for each non-empty line, stripped as the seed strips them."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            prompt = line.strip()
+            if prompt:
+                yield number, prompt
+
+
+def open_output(path: Path | None, fmt: str, append: bool, overwrite: bool) -> tuple[IO[str], bool]:
+    """The output stream, and whether it already holds records (so a CSV header is not repeated).
+
+    An existing non-empty file is never truncated unless --overwrite says so.
+    """
+    import sys
+
+    if path is None:
+        return sys.stdout, False
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--output-file {path} is a directory")
+    has_records = path.is_file() and path.stat().st_size > 0
+    if has_records and not (append or overwrite):
+        raise UsageError(f"{path} already exists; add --append to add to it or --overwrite to replace it")
+    try:
+        stream = open(path, "w" if overwrite else "a", encoding="utf-8", newline="")
+    except PermissionError:
+        raise UsageError(f"cannot write --output-file {path}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write --output-file {path}: {exc.strerror}") from None
+    return stream, has_records and not overwrite
+
+
+def format_record(fmt: str, row: dict[str, Any], header: bool) -> str:
+    if fmt == "text":
+        return f" Prompt: {row['prompt']}\n Response: {row['response']}\n{SEPARATOR}\n"
+    if fmt == "jsonl":
+        return json.dumps(row, ensure_ascii=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerow({**row, "params": json.dumps(row["params"], sort_keys=True)})
+    return buffer.getvalue()
+
+
+def write_record(stream: IO[str], text: str) -> None:
+    """One write and a flush: a record is in the file whole as soon as it is done."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        name = getattr(stream, "name", "output")
+        raise ChatbotError(f"cannot write to {name}: {exc.strerror}; the records before this one are kept") from None

@@ -1,0 +1,368 @@
+"""chatbot-llm: the Click command line. It parses and prints; generation lives in runtime/."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chatbot_llm import __version__
+from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, load_toml, parse_value
+from chatbot_llm.errors import ChatbotError, UsageError
+from chatbot_llm.models import BACKENDS, DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
+
+err = Console(stderr=True, highlight=False)
+
+
+def _stage(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------- options shared by commands
+
+def model_options(func: Callable) -> Callable:
+    @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                  help="A known name (dream, email), a GPT-2 checkpoint folder, or an export folder.")
+    @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
+                  help="onnx runs the export; torch runs the checkpoint with transformers (the baseline).")
+    @click.option("--variant", type=click.Choice(VARIANTS), default=DEFAULT_VARIANT, show_default=True,
+                  help="Which export to run: fp32, opt (fused) or int8 (weight-only 8-bit).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def generation_options(func: Callable) -> Callable:
+    """The same generation options on every command that generates; unset ones fall through."""
+    options = [
+        click.option("--max-new-tokens", type=int, help=PARAMETERS["max_new_tokens"][2]),
+        click.option("--max-length", type=int, help=PARAMETERS["max_length"][2]),
+        click.option("--temperature", type=float, help=PARAMETERS["temperature"][2]),
+        click.option("--top-p", type=float, help=PARAMETERS["top_p"][2]),
+        click.option("--top-k", type=int, help=PARAMETERS["top_k"][2]),
+        click.option("--repetition-penalty", type=float, help=PARAMETERS["repetition_penalty"][2]),
+        click.option("--no-repeat-ngram-size", type=int, help=PARAMETERS["no_repeat_ngram_size"][2]),
+        click.option("--do-sample/--greedy", "do_sample", default=None,
+                     help="Sample (the seed's default) or take the most likely token."),
+        click.option("--seed", type=int, help=PARAMETERS["seed"][2]),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A TOML file of generation parameters (below the command line, above the "
+                          "model's generation_config.json)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_generation_config(model_defaults: dict, cli_values: dict[str, Any]) -> GenerationConfig:
+    """command line > --config file > generation_config.json > the seed's defaults."""
+    config_file = cli_values.pop("config_file", None)
+    from_file = load_toml(config_file) if config_file else {}
+    from_cli = {k: v for k, v in cli_values.items() if k in PARAMETERS and v is not None}
+    return GenerationConfig.resolve(model_defaults, from_file, from_cli)
+
+
+def _split_generation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the generation options out of a command's kwargs."""
+    keys = set(PARAMETERS) | {"config_file"}
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
+
+
+def _load(model: str, backend: str, variant: str):
+    from chatbot_llm.models import load_text_generator
+
+    with err.status(f"preparing {model} ({backend}{'' if backend == 'torch' else ', ' + variant})"):
+        return load_text_generator(model, backend, variant, on_stage=_stage, on_warning=_warn)
+
+
+# ---------------------------------------------------------------- the group
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="chatbot-llm")
+def cli() -> None:
+    """Chat with, batch-run and tune small fine-tuned GPT-2 models, fast on a CPU.
+
+    Each checkpoint is exported to ONNX once (on first use, or with `export`); everything after
+    that runs on ONNX Runtime with the sampling semantics of transformers' generate().
+    """
+
+
+# ---------------------------------------------------------------- chat
+
+CHAT_HELP = """Commands:
+  /set NAME VALUE   change a generation parameter (e.g. /set temperature 0.8, /set seed none)
+  /params           show the parameters in use
+  /help             this help
+  exit, quit        leave (so do Ctrl-D and Ctrl-C at the prompt)
+Each message is a prompt the model continues; there is no memory between turns.
+Ctrl-C while a reply is streaming stops that reply."""
+
+
+def _bot_label(name: str) -> str:
+    return {"dream": "DreamBot", "email": "EmailBot"}.get(name, "Bot")
+
+
+@cli.command()
+@model_options
+@click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append each prompt and reply here, in the seed's format.")
+@generation_options
+def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwargs: Any) -> None:
+    """Talk to a model: each line you type is a prompt, the reply streams as it is generated."""
+    from chatbot_llm.batchio import format_record, open_output, write_record
+
+    generation_args = _split_generation_args(kwargs)
+    out = open_output(output_file, "text", append=True, overwrite=False)[0] if output_file else None
+    generator = _load(model, backend, variant)
+    config = resolve_generation_config(generator.model_defaults, generation_args)
+    label = _bot_label(generator.model_name)
+    err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({backend}"
+              f"{'' if generator.variant is None else ', ' + generator.variant}). "
+              "Type /help for commands, exit to leave.")
+    turn = 0
+    while True:
+        try:
+            line = input("You: ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            break
+        prompt = line.strip()
+        if not prompt:
+            continue
+        if prompt.lower() in {"exit", "quit"}:
+            break
+        if prompt.startswith("/"):
+            config = _chat_command(prompt, config)
+            continue
+        turn += 1
+        click.echo(f"{label}: ", nl=False)
+        try:
+            completion = generator.generate(
+                [prompt], config, stream_keys=[turn], on_text=lambda _row, text: click.echo(text, nl=False)
+            )[0]
+        except KeyboardInterrupt:
+            click.echo(" [stopped]")
+            continue
+        click.echo()
+        if out is not None:
+            write_record(out, format_record("text", {"prompt": prompt, "response": completion.response}, False))
+    if out is not None:
+        out.close()
+
+
+def _chat_command(line: str, config: GenerationConfig) -> GenerationConfig:
+    parts = line.split(maxsplit=2)
+    command = parts[0].lower()
+    try:
+        if command == "/set" and len(parts) == 3:
+            name = canonical_name(parts[1])
+            config = config.replace(**{name: parse_value(name, parts[2])})
+            click.echo(f"{name} = {getattr(config, name)}")
+        elif command == "/params":
+            _print_params(config)
+        elif command == "/help":
+            click.echo(CHAT_HELP)
+        else:
+            click.echo(f"unknown command {line!r}; /help lists the commands")
+    except UsageError as exc:
+        click.echo(f"error: {exc}")
+    return config
+
+
+def _print_params(config: GenerationConfig) -> None:
+    for name, value in config.to_dict().items():
+        shown = "unset" if value is None else str(value)
+        click.echo(f"  {name:<21} {shown:<7} {PARAMETERS[name][2]}")
+
+
+# ---------------------------------------------------------------- batch
+
+@cli.command()
+@click.argument("prompt_file", type=click.Path(path_type=Path))
+@model_options
+@click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results here as they complete (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(("text", "jsonl", "csv")), default="text", show_default=True,
+              help="text is the seed's format; a jsonl row holds index, prompt, response, model, "
+                   "backend, variant, params, new_tokens and seconds.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Prompts generated together.")
+@click.option("--append", is_flag=True, help="Add to an existing output file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@generation_options
+def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file: Path | None, fmt: str,
+          batch_size: int, append: bool, overwrite: bool, **kwargs: Any) -> None:
+    """Run every non-empty line of PROMPT_FILE through a model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chatbot_llm.batchio import check_prompt_file, format_record, open_output, read_prompts, write_record
+
+    if append and overwrite:
+        raise UsageError("--append and --overwrite contradict each other; pick one")
+    generation_args = _split_generation_args(kwargs)
+    total = check_prompt_file(prompt_file)
+    out, has_records = open_output(output_file, fmt, append, overwrite)
+    generator = _load(model, backend, variant)
+    config = resolve_generation_config(generator.model_defaults, generation_args)
+    params = config.to_dict()
+    done = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err, transient=False) as progress:
+            task = progress.add_task("prompts", total=total)
+            for chunk in _chunks(read_prompts(prompt_file), batch_size):
+                numbers = [n for n, _ in chunk]
+                completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
+                for number, completion in zip(numbers, completions):
+                    row = {
+                        "index": number,
+                        "prompt": completion.prompt,
+                        "response": completion.response,
+                        "model": generator.model_name,
+                        "backend": generator.backend,
+                        "variant": generator.variant,
+                        "params": params,
+                        "new_tokens": len(completion.tokens),
+                        "prompt_tokens": completion.prompt_tokens,
+                        "finish_reason": completion.finish_reason,
+                        "seconds": round(completion.seconds, 4),
+                    }
+                    write_record(out, format_record(fmt, row, header=(fmt == "csv" and not has_records)))
+                    has_records = True
+                    done += 1
+                progress.advance(task, len(chunk))
+    except KeyboardInterrupt:
+        where = output_file or "standard output"
+        err.print(f"interrupted: {done} of {total} prompts written to {where}")
+        sys.exit(130)
+    finally:
+        if output_file is not None:
+            out.close()
+    if output_file is not None:
+        err.print(f"{done} results written to {output_file}")
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------- export and models
+
+@cli.command()
+@click.argument("model")
+@click.option("--variant", type=click.Choice(VARIANTS + ("all",)), default=DEFAULT_VARIANT, show_default=True)
+@click.option("--force", is_flag=True, help="Export again even when the export is up to date.")
+def export(model: str, variant: str, force: bool) -> None:
+    """Export MODEL (a known name or a checkpoint folder) to ONNX, once."""
+    from chatbot_llm.models import ensure_export, resolve_model
+
+    ref = resolve_model(model)
+    for name in VARIANTS if variant == "all" else (variant,):
+        status = ref.status(name)
+        if status.ok and not force:
+            click.echo(f"{ref.export_dir(name)}: up to date (use --force to export again)")
+            continue
+        started = time.perf_counter()
+        with err.status(f"exporting {ref.name} ({name})") as spinner:
+            folder = ensure_export(ref, name, on_stage=lambda s: spinner.update(f"{ref.name} ({name}): {s}"),
+                                   force=force)
+        parity = json.loads((folder / "manifest.json").read_text())["parity"]
+        size = (folder / "model.onnx").stat().st_size / 1e6
+        click.echo(
+            f"{folder}: exported in {time.perf_counter() - started:.1f}s, {size:.1f} MB; "
+            f"max |delta logits| vs PyTorch {parity['max_abs_logits_delta']:.2e}, "
+            f"greedy agreement {parity['greedy_token_agreement']:.0%}"
+        )
+
+
+@cli.command(name="models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_command(as_json: bool) -> None:
+    """Known models, their folders, and the export status of each variant."""
+    from chatbot_llm.export.manifest import check_export, read_manifest
+    from chatbot_llm.models import KNOWN_MODELS, onnx_cache_dir, project_root, resolve_model
+
+    rows = []
+    for name, folder in KNOWN_MODELS.items():
+        path = project_root() / "models" / folder
+        try:
+            ref = resolve_model(name)
+            statuses = {v: ref.status(v).describe() for v in VARIANTS}
+        except UsageError:
+            statuses = {v: "no checkpoint" for v in VARIANTS}
+        rows.append({"name": name, "folder": str(path), **statuses})
+    cache = onnx_cache_dir()
+    for folder in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if folder.name in KNOWN_MODELS or not folder.is_dir() or folder.name.startswith("."):
+            continue
+        source, statuses = None, {}
+        for v in VARIANTS:
+            try:
+                source = source or read_manifest(folder / v)["source"]["path"]
+            except (UsageError, KeyError, TypeError):
+                pass
+        for v in VARIANTS:
+            statuses[v] = check_export(folder / v, Path(source) if source else None, v).describe()
+        rows.append({"name": folder.name, "folder": source or "?", **statuses})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"models (exports in {cache})")
+    for column in ("name", "folder") + VARIANTS:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("name", "folder") + VARIANTS))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every error is one line on stderr and an exit status, never a traceback."""
+    try:
+        code = cli.main(args=argv, prog_name="chatbot-llm", standalone_mode=False)
+    except click.exceptions.Abort:
+        code = 130
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"chatbot-llm: error: {exc.format_message()}{hint}", err=True)
+        code = exc.exit_code
+    except ChatbotError as exc:
+        click.echo(f"chatbot-llm: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except BrokenPipeError:  # piped into head: not an error
+        sys.stderr.close()
+        code = 0
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("CHATBOT_LLM_DEBUG"):
+            raise
+        click.echo(f"chatbot-llm: internal error: {type(exc).__name__}: {exc} "
+                   "(set CHATBOT_LLM_DEBUG=1 for the traceback)", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

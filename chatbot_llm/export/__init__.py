@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX export (needs the export extra) and its manifest (needs nothing extra)."""

@@ -1,0 +1,118 @@
+"""manifest.json of an export: what it was made from, how, and how close it is to PyTorch.
+
+This module needs neither torch nor onnx: the runtime checks every export it loads against its
+manifest, so a stale or corrupt export is never used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatbot_llm.errors import UsageError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.onnx"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# Everything in a checkpoint folder that changes the exported graph or its tokenizer and defaults.
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    files = [folder / n for n in CHECKPOINT_FILES + WEIGHT_FILES if (folder / n).is_file()]
+    files += sorted(folder.glob("model-*-of-*.safetensors"))
+    return sorted(set(files))
+
+
+def fingerprint(folder: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """sha256 of each checkpoint file and of them all together.
+
+    A file whose size and mtime match ``known`` (an earlier fingerprint) keeps its recorded hash,
+    so checking an up-to-date export costs a few stat calls, not a read of the weights.
+    """
+    known_files = (known or {}).get("files", {})
+    files: dict[str, dict[str, Any]] = {}
+    for path in checkpoint_files(Path(folder)):
+        stat = path.stat()
+        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        old = known_files.get(path.name)
+        if old and old.get("size") == entry["size"] and old.get("mtime_ns") == entry["mtime_ns"]:
+            entry["sha256"] = old["sha256"]
+        else:
+            entry["sha256"] = sha256_file(path)
+        files[path.name] = entry
+    combined = hashlib.sha256()
+    for name in sorted(files):
+        combined.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    return {"sha256": combined.hexdigest(), "files": files}
+
+
+@dataclass
+class ExportStatus:
+    state: str  # "ok", "missing", "stale" or "corrupt"
+    reason: str = ""
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def describe(self) -> str:
+        return self.state if not self.reason else f"{self.state}: {self.reason}"
+
+
+def read_manifest(export_dir: Path) -> dict[str, Any]:
+    path = Path(export_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{export_dir} has no {MANIFEST}: it is not a chatbot-llm export") from None
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"{path} is unreadable ({exc}); re-export with --force") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"{path} is not a format-{FORMAT_VERSION} chatbot-llm manifest; re-export with --force")
+    return manifest
+
+
+def check_export(export_dir: Path, checkpoint: Path | None, variant: str) -> ExportStatus:
+    """Is this export complete and made from the checkpoint as it is now?"""
+    export_dir = Path(export_dir)
+    if not (export_dir / MANIFEST).is_file():
+        return ExportStatus("missing", "not exported yet")
+    try:
+        manifest = read_manifest(export_dir)
+    except UsageError as exc:
+        return ExportStatus("corrupt", str(exc))
+    onnx = export_dir / MODEL_FILE
+    recorded = manifest.get("onnx", {})
+    if not onnx.is_file():
+        return ExportStatus("corrupt", f"{MODEL_FILE} is missing", manifest)
+    if onnx.stat().st_size != recorded.get("size"):
+        return ExportStatus("corrupt", f"{MODEL_FILE} is {onnx.stat().st_size} bytes, the manifest says "
+                            f"{recorded.get('size')}", manifest)
+    if manifest.get("variant") != variant:
+        return ExportStatus("corrupt", f"manifest is for variant {manifest.get('variant')!r}", manifest)
+    if checkpoint is not None:
+        if not Path(checkpoint).is_dir():
+            return ExportStatus("ok", "", manifest)  # an export shipped without its checkpoint
+        source = manifest.get("source", {})
+        now = fingerprint(Path(checkpoint), known=source)
+        if now["sha256"] != source.get("sha256"):
+            changed = sorted(
+                n for n in set(now["files"]) | set(source.get("files", {}))
+                if now["files"].get(n, {}).get("sha256") != source.get("files", {}).get(n, {}).get("sha256")
+            )
+            return ExportStatus("stale", "checkpoint changed: " + ", ".join(changed), manifest)
+    return ExportStatus("ok", "", manifest)

@@ -1,0 +1,241 @@
+"""checkpoint folder -> onnx_models/<name>/<variant>/, once.
+
+fp32: Optimum's ``main_export`` (task text-generation-with-past: one graph for prefill and decode).
+opt:  fp32 + ONNX Runtime's transformer fusions for gpt2 (SkipLayerNormalization, FastGelu).
+int8: opt + weight-only 8-bit MatMulNBits. Chosen over dynamic quantization because dynamic
+      quantization computes one activation scale for the whole batch, so a prompt's logits change
+      with its batch neighbours (onnxruntime issue 5653); MatMulNBits quantizes each row apart.
+
+Everything is written to a temporary folder beside the destination and moved into place only
+after it passed validation, so an interrupted export never leaves a cache that gets used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from chatbot_llm import __version__
+from chatbot_llm.errors import ChatbotError, UsageError
+from chatbot_llm.export.manifest import FORMAT_VERSION, MANIFEST, MODEL_FILE, WEIGHT_FILES, fingerprint, sha256_file
+from chatbot_llm.runtime.onnx_model import read_model_config
+from chatbot_llm.runtime.tokenizer import load_tokenizer
+
+VARIANTS = ("fp32", "opt", "int8")
+# fp32 and opt fail the export when max |delta logits| > PARITY_RTOL * max(1, max |logits|)
+PARITY_RTOL = 1e-3
+TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
+
+Stage = Callable[[str], None]
+
+
+def check_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """A GPT-2 checkpoint folder with weights, or a UsageError naming what is wrong."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise UsageError(f"model folder not found: {checkpoint}")
+    if not checkpoint.is_dir():
+        raise UsageError(f"{checkpoint} is a file, not a checkpoint folder")
+    config = read_model_config(checkpoint)
+    if not any((checkpoint / n).is_file() for n in WEIGHT_FILES) and not list(
+        checkpoint.glob("model-*-of-*.safetensors")
+    ):
+        raise UsageError(
+            f"{checkpoint} has a config.json but no weights (model.safetensors or pytorch_model.bin)"
+        )
+    return config
+
+
+def _require_export_extra() -> None:
+    missing = []
+    for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module.split(".")[0])
+    if missing:
+        raise UsageError(
+            f"exporting needs {', '.join(missing)}: install the export extra, "
+            "pip install torch==2.13.0 'chatbot-llm[export]' (or run make setup)"
+        )
+
+
+def export_checkpoint(
+    checkpoint: Path, export_dir: Path, variant: str, *, name: str, on_stage: Stage = lambda s: None
+) -> dict[str, Any]:
+    """Export one variant and return its manifest."""
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    checkpoint, export_dir = Path(checkpoint).resolve(), Path(export_dir)
+    config = check_checkpoint(checkpoint)
+    _require_export_extra()
+    from chatbot_llm.export.parity import measure_parity
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+    started = time.perf_counter()
+    source = fingerprint(checkpoint)
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{variant}.partial-", dir=export_dir.parent))
+    try:
+        on_stage("exporting with Optimum (text-generation-with-past)")
+        raw = _optimum_export(checkpoint, work / "optimum")
+        model_path = work / MODEL_FILE
+        if variant == "fp32":
+            shutil.move(str(raw), model_path)
+        else:
+            on_stage("fusing with ONNX Runtime's gpt2 transformer optimizer")
+            _fuse(raw, model_path, config, fold_constants=variant == "int8")
+            if variant == "int8":
+                on_stage("quantizing weights to int8 (MatMulNBits)")
+                _quantize_int8(model_path)
+        shutil.rmtree(work / "optimum")
+        _write_side_files(checkpoint, work, config)
+        on_stage("validating against PyTorch")
+        parity = measure_parity(checkpoint, work)
+        manifest = _manifest(name, variant, checkpoint, source, work / MODEL_FILE, parity, config)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        (work / MANIFEST).write_text(_json(manifest), encoding="utf-8")
+        limit = PARITY_RTOL * max(1.0, parity["max_abs_logits"])
+        if variant != "int8" and not parity["max_abs_logits_delta"] <= limit:
+            raise ChatbotError(
+                f"{variant} export of {checkpoint} differs from PyTorch: max |delta logits| "
+                f"{parity['max_abs_logits_delta']:.3g} > {limit:.3g}; not installed"
+            )
+        _move_into_place(work, export_dir)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hide the tracer warnings and library chatter of an export; errors still surface as exceptions."""
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "onnxruntime", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _optimum_export(checkpoint: Path, out: Path) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    try:
+        with _quiet():
+            main_export(
+            str(checkpoint),
+                output=out,
+                task="text-generation-with-past",
+                device="cpu",
+                do_validation=False,  # measure_parity() compares against PyTorch on our own inputs
+                local_files_only=True,
+            )
+    except Exception as exc:  # transformers/safetensors raise many types for unloadable weights
+        raise UsageError(f"cannot load {checkpoint} as a GPT-2 checkpoint: {_first_line(exc)}") from None
+    return out / MODEL_FILE
+
+
+def _fuse(src: Path, dst: Path, config: dict[str, Any], fold_constants: bool) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # opt_level 0 keeps the graph provider-independent and small: the tied embedding reaches lm_head
+    # through a Transpose that the session folds at load. int8 folds it here (opt_level 1), so that
+    # lm_head has a constant weight MatMulNBits can quantize: the largest matmul of the model.
+    optimized = optimize_model(
+        str(src),
+        model_type="gpt2",
+        num_heads=config["n_head"],
+        hidden_size=config["n_embd"],
+        opt_level=1 if fold_constants else 0,
+    )
+    optimized.save_model_to_file(str(dst))
+
+
+def _quantize_int8(path: Path) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
+    # accuracy_level 4: int8 activations, quantized per row block, so rows stay independent
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+
+
+def _write_side_files(checkpoint: Path, work: Path, config: dict[str, Any]) -> None:
+    tokenizer = load_tokenizer(checkpoint)
+    if tokenizer.get_vocab_size() != config.get("vocab_size", 50257):
+        raise UsageError(
+            f"{checkpoint}: the tokenizer has {tokenizer.get_vocab_size()} tokens but config.json "
+            f"says vocab_size {config.get('vocab_size')}; add the checkpoint's vocab.json and merges.txt"
+        )
+    tokenizer.save(str(work / "tokenizer.json"))
+    shutil.copyfile(checkpoint / "config.json", work / "config.json")
+    if (checkpoint / "generation_config.json").is_file():
+        shutil.copyfile(checkpoint / "generation_config.json", work / "generation_config.json")
+
+
+def _manifest(name, variant, checkpoint, source, model_path, parity, config) -> dict[str, Any]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False)
+    opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "variant": variant,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(checkpoint), **source},
+        "onnx": {"file": MODEL_FILE, "size": model_path.stat().st_size, "sha256": sha256_file(model_path)},
+        "opset": opset,
+        "model": {k: config.get(k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
+        "tools": {"chatbot-llm": __version__, **{t: _version(t) for t in TOOLS}},
+        "parity": parity,
+    }
+
+
+def _move_into_place(work: Path, export_dir: Path) -> None:
+    """Replace export_dir with work; at every moment export_dir is complete or absent."""
+    old = None
+    if export_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.old-", dir=export_dir.parent))
+        os.replace(export_dir, old / "x")
+    os.replace(work, export_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

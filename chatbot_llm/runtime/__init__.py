@@ -1,0 +1,1 @@
+"""ONNX Runtime generation: needs onnxruntime, tokenizers and numpy; never torch or transformers."""

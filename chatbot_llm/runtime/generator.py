@@ -1,0 +1,138 @@
+"""The decode loop: prompts -> prefill -> one token per step over the KV cache -> per-row stop.
+
+Batch invariance: prompts are left-padded, the attention mask hides the padding, position ids
+count only real tokens, the processors see only a row's own tokens, and each row draws from its
+own random stream keyed by (seed, stream key). A row that finishes leaves the batch, so the
+others carry on without it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from chatbot_llm.config import GenerationConfig
+from chatbot_llm.runtime.onnx_model import KVCache, OnnxCausalLM
+from chatbot_llm.runtime.processors import apply_processors, build_processors, sample
+
+# Called with (row, token id) for each token as it is generated; the row indexes the prompt list.
+TokenCallback = Callable[[int, int], None]
+
+
+@dataclass
+class RowResult:
+    tokens: list[int] = field(default_factory=list)  # generated tokens, without the EOS
+    finish_reason: str = ""  # "eos", "length" (max new tokens) or "context" (model context full)
+    seconds: float = 0.0  # from the start of the batch to this row's last token
+
+
+def row_rngs(config: GenerationConfig, keys: Sequence[int]) -> list[np.random.Generator]:
+    """One random stream per prompt, keyed by (seed, key) when seeded, fresh entropy otherwise."""
+    if config.seed is None:
+        return [np.random.default_rng() for _ in keys]
+    return [np.random.default_rng([config.seed, int(key)]) for key in keys]
+
+
+class Generator:
+    """The state of one batch being generated: call generate_next_token() until is_done()."""
+
+    def __init__(
+        self,
+        model: OnnxCausalLM,
+        prompts: Sequence[Sequence[int]],
+        config: GenerationConfig,
+        eos_token_id: int,
+        context_length: int,
+        stream_keys: Sequence[int] | None = None,
+    ):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if any(len(p) >= context_length for p in prompts):
+            raise ValueError("a prompt fills the whole context; cut it first")
+        self.model, self.config, self.eos = model, config, eos_token_id
+        self.processors = build_processors(config)
+        self.rngs = row_rngs(config, stream_keys if stream_keys is not None else range(len(prompts)))
+        lengths = np.array([len(p) for p in prompts])
+        self.budgets = np.array([config.new_tokens_for(n) for n in lengths])
+        # a row stops when it reaches the context, whatever its token budget
+        self.capacity = np.minimum(lengths + self.budgets, context_length)
+        self.sequences = [np.zeros(c, np.int64) for c in self.capacity]
+        for seq, prompt in zip(self.sequences, prompts):
+            seq[: len(prompt)] = prompt
+        self.lengths = lengths.copy()
+        self.results = [RowResult() for _ in prompts]
+        self.active = np.arange(len(prompts))
+        self.cache: KVCache = model.empty_cache(len(prompts))
+        width = int(lengths.max())
+        mask = (np.arange(width)[None, :] >= (width - lengths)[:, None]).astype(np.int64)
+        ids = np.full((len(prompts), width), eos_token_id, np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = prompt
+        positions = np.cumsum(mask, axis=1) - 1
+        positions[mask == 0] = 1  # as generate() does; padded positions are masked anyway
+        self.attention_mask = mask
+        self._next_input = (ids, positions)
+        self.started = time.perf_counter()
+
+    def is_done(self) -> bool:
+        return len(self.active) == 0
+
+    def generate_next_token(self) -> list[tuple[int, int]]:
+        """Run one step; returns (row, token) for every row that was still generating."""
+        ids, positions = self._next_input
+        logits, self.cache = self.model.forward(ids, self.attention_mask, positions, self.cache)
+        rows = self.active
+        scores = apply_processors(
+            self.processors, [self.sequences[r][: self.lengths[r]] for r in rows], logits
+        )
+        if self.config.do_sample:
+            tokens = np.array([sample(s, self.rngs[r]) for r, s in zip(rows, scores)], np.int64)
+        else:
+            tokens = scores.argmax(axis=-1)
+        now = time.perf_counter() - self.started
+        keep = np.ones(len(rows), bool)
+        for i, (row, token) in enumerate(zip(rows, tokens)):
+            result = self.results[row]
+            result.seconds = now
+            if token == self.eos:
+                result.finish_reason, keep[i] = "eos", False
+                continue
+            self.sequences[row][self.lengths[row]] = token
+            self.lengths[row] += 1
+            result.tokens.append(int(token))
+            if self.lengths[row] == self.capacity[row]:
+                out_of_budget = len(result.tokens) == self.budgets[row]
+                result.finish_reason = "length" if out_of_budget else "context"
+                keep[i] = False
+        stepped = [(int(r), int(t)) for r, t in zip(rows, tokens)]
+        if not keep.all():
+            self.cache = self.cache.select(keep)
+            self.attention_mask = self.attention_mask[keep]
+            tokens, rows = tokens[keep], rows[keep]
+            self.active = rows
+        if len(rows):
+            self.attention_mask = np.concatenate(
+                [self.attention_mask, np.ones((len(rows), 1), np.int64)], axis=1
+            )
+            self._next_input = (tokens[:, None].astype(np.int64), (self.lengths[rows] - 1)[:, None])
+        return stepped
+
+
+def generate_ids(
+    model: OnnxCausalLM,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    eos_token_id: int,
+    context_length: int,
+    stream_keys: Sequence[int] | None = None,
+    on_token: TokenCallback | None = None,
+) -> list[RowResult]:
+    generator = Generator(model, prompts, config, eos_token_id, context_length, stream_keys)
+    while not generator.is_done():
+        for row, token in generator.generate_next_token():
+            if on_token is not None and token != eos_token_id:
+                on_token(row, token)
+    return generator.results

@@ -1,0 +1,99 @@
+"""An exported GPT-2 as an onnxruntime InferenceSession, with its KV cache.
+
+The graph is Optimum's ``text-generation-with-past`` export: inputs ``input_ids``,
+``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/value`` of shape
+(batch, heads, past_length, head_dim); outputs ``logits`` and ``present.{i}.key/value``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from chatbot_llm.errors import ChatbotError, UsageError
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_PAST_NAME = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the rows still generating, in the graph's input order."""
+
+    tensors: list[np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return self.tensors[0].shape[2]
+
+    def select(self, rows: np.ndarray) -> "KVCache":
+        """Keep only these rows (rows that finished are dropped from the batch)."""
+        return KVCache([t[rows] for t in self.tensors])
+
+
+class OnnxCausalLM:
+    """Forward passes of one exported model; the decode loop lives in Generator."""
+
+    def __init__(self, model_path: Path, providers: list[str] | None = None, threads: int | None = None):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ChatbotError(
+                f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}; "
+                "re-export it with: chatbot-llm export MODEL --force"
+            ) from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        past = sorted(
+            (int(m.group(1)), m.group(2) == "value", name)
+            for name in inputs
+            if (m := _PAST_NAME.match(name))
+        )
+        if not past or not {"input_ids", "attention_mask", "position_ids"} <= set(inputs):
+            raise UsageError(
+                f"{model_path} is not a GPT-2 export with past_key_values inputs; "
+                "export the checkpoint with: chatbot-llm export MODEL"
+            )
+        self.past_names = [name for _, _, name in past]
+        first = inputs[self.past_names[0]]
+        self.num_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.past_dtype = _ORT_DTYPES[first.type]
+        self.output_names = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
+
+    def empty_cache(self, batch: int) -> KVCache:
+        shape = (batch, self.num_heads, 0, self.head_dim)
+        return KVCache([np.zeros(shape, self.past_dtype) for _ in self.past_names])
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KVCache
+    ) -> tuple[np.ndarray, KVCache]:
+        """Logits of the last position of each row (float32), and the cache grown by the new tokens."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds.update(zip(self.past_names, cache.tensors))
+        logits, *present = self.session.run(self.output_names, feeds)
+        return np.array(logits[:, -1, :], dtype=np.float32), KVCache(present)
+
+
+def read_model_config(folder: Path) -> dict:
+    """config.json of a checkpoint or an export, checked to be a GPT-2 causal LM."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{folder} is not a GPT-2 checkpoint: it has no config.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise UsageError(f"{folder} is not a GPT-2 checkpoint (config.json model_type is {kind!r}, not 'gpt2')")
+    return config

@@ -1,0 +1,113 @@
+"""Text in, text out, over either backend: tokenize, cut to the context, generate, decode, stream.
+
+A backend is a function ``generate_ids(prompts, config, stream_keys, on_token) -> [RowResult]``:
+the ONNX Generator here, or the PyTorch baseline in chatbot_llm.torch_backend. Both see the same
+token ids, so their outputs can be compared token for token.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from tokenizers import Tokenizer
+
+from chatbot_llm.config import GenerationConfig
+from chatbot_llm.runtime.generator import RowResult
+from chatbot_llm.runtime.tokenizer import StreamDecoder
+
+GenerateIds = Callable[..., list[RowResult]]
+TextCallback = Callable[[int, str], None]  # (row, text delta)
+
+
+@dataclass
+class Completion:
+    prompt: str
+    response: str
+    tokens: list[int]
+    prompt_tokens: int  # after any cut
+    finish_reason: str
+    seconds: float
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class TextGenerator:
+    """One loaded model on one backend, with its defaults from generation_config.json."""
+
+    def __init__(
+        self,
+        generate_ids: GenerateIds,
+        tokenizer: Tokenizer,
+        *,
+        context_length: int,
+        eos_token_id: int,
+        model_defaults: Mapping[str, Any],
+        model_name: str,
+        backend: str,
+        variant: str | None,
+        on_warning: Callable[[str], None] = _warn_stderr,
+    ):
+        self.generate_ids = generate_ids
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.eos_token_id = eos_token_id
+        self.model_defaults = dict(model_defaults)
+        self.model_name, self.backend, self.variant = model_name, backend, variant
+        self.on_warning = on_warning
+
+    def encode(self, prompt: str, config: GenerationConfig) -> list[int]:
+        """Token ids of a prompt, cut from the left so that its reply fits in the context.
+
+        A prompt plus its token budget that overflows the context keeps its last
+        ``max(context - budget, context // 2)`` tokens: the reply gets its budget where it can,
+        and the prompt keeps at least half the context where it cannot.
+        """
+        ids = self.tokenizer.encode(prompt).ids or [self.eos_token_id]
+        budget = config.new_tokens_for(len(ids))
+        keep = max(self.context_length - budget, self.context_length // 2)
+        if len(ids) > keep:
+            self.on_warning(
+                f"prompt of {len(ids)} tokens cut from the left to its last {keep} tokens "
+                f"(the model's context is {self.context_length} tokens): {_preview(prompt)}"
+            )
+            ids = ids[-keep:]
+        return ids
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        stream_keys: Sequence[int] | None = None,
+        on_text: TextCallback | None = None,
+    ) -> list[Completion]:
+        encoded = [self.encode(p, config) for p in prompts]
+        on_token = None
+        if on_text is not None:
+            decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
+
+            def on_token(row: int, token: int) -> None:
+                delta = decoders[row].add(token)
+                if delta:
+                    on_text(row, delta)
+
+        results = self.generate_ids(encoded, config, stream_keys=stream_keys, on_token=on_token)
+        return [
+            Completion(
+                prompt=prompt,
+                response=self.tokenizer.decode(r.tokens, skip_special_tokens=True).strip(),
+                tokens=r.tokens,
+                prompt_tokens=len(ids),
+                finish_reason=r.finish_reason,
+                seconds=r.seconds,
+            )
+            for prompt, ids, r in zip(prompts, encoded, results)
+        ]
+
+
+def _preview(text: str, width: int = 40) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[:width] + "...")
