@@ -82,11 +82,15 @@ def _split_generation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
 
 
-def _load(model: str, backend: str, variant: str):
-    from chatbot_llm.models import load_text_generator
+def _load(model: str, backend: str, variant: str, generation_args: dict[str, Any]):
+    """Check the model folder and every generation option first, then load (and export if need be)."""
+    from chatbot_llm.models import load_text_generator, model_defaults, resolve_model
 
-    with err.status(f"preparing {model} ({backend}{'' if backend == 'torch' else ', ' + variant})"):
-        return load_text_generator(model, backend, variant, on_stage=_stage, on_warning=_warn)
+    ref = resolve_model(model)
+    config = resolve_generation_config(model_defaults(ref), generation_args)
+    with err.status(f"preparing {ref.name} ({backend}{'' if backend == 'torch' else ', ' + variant})"):
+        generator = load_text_generator(ref, backend, variant, on_stage=_stage, on_warning=_warn)
+    return generator, config
 
 
 # ---------------------------------------------------------------- the group
@@ -127,8 +131,7 @@ def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwa
 
     generation_args = _split_generation_args(kwargs)
     out = open_output(output_file, "text", append=True, overwrite=False)[0] if output_file else None
-    generator = _load(model, backend, variant)
-    config = resolve_generation_config(generator.model_defaults, generation_args)
+    generator, config = _load(model, backend, variant, generation_args)
     label = _bot_label(generator.model_name)
     err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({backend}"
               f"{'' if generator.variant is None else ', ' + generator.variant}). "
@@ -216,8 +219,7 @@ def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file
     generation_args = _split_generation_args(kwargs)
     total = check_prompt_file(prompt_file)
     out, has_records = open_output(output_file, fmt, append, overwrite)
-    generator = _load(model, backend, variant)
-    config = resolve_generation_config(generator.model_defaults, generation_args)
+    generator, config = _load(model, backend, variant, generation_args)
     params = config.to_dict()
     done = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -121,14 +121,14 @@ def ensure_export(ref: ModelRef, variant: str, on_stage: Callable[[str], None], 
     return export_dir
 
 
-def model_defaults(ref: ModelRef, export_dir: Path | None) -> dict:
-    """The generation parameters in the model's generation_config.json."""
-    folder = ref.checkpoint if ref.checkpoint is not None else export_dir
-    return load_generation_config_json(folder / "generation_config.json") if folder else {}
+def model_defaults(ref: ModelRef) -> dict:
+    """The generation parameters in the model's generation_config.json (a cheap read, no loading)."""
+    folder = ref.checkpoint if ref.checkpoint is not None else ref.export_root / ref.fixed_variant
+    return load_generation_config_json(folder / "generation_config.json")
 
 
 def load_text_generator(
-    model: str,
+    model: str | ModelRef,
     backend: str = "onnx",
     variant: str = DEFAULT_VARIANT,
     on_stage: Callable[[str], None] = lambda s: None,
@@ -146,7 +146,7 @@ def load_text_generator(
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    ref = resolve_model(model)
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
     if backend == "onnx":
         folder = ensure_export(ref, variant, on_stage)
         on_stage(f"loading {folder}")
@@ -155,7 +155,7 @@ def load_text_generator(
         run = partial(generate_ids, OnnxCausalLM(folder / "model.onnx"), eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:
-            raise UsageError(f"--backend torch needs a checkpoint folder; {model} is an ONNX export")
+            raise UsageError(f"--backend torch needs a checkpoint folder; {ref.name} is an ONNX export")
         from chatbot_llm.export.pipeline import check_checkpoint
         from chatbot_llm.torch_backend import TorchBaseline
 
@@ -170,7 +170,6 @@ def load_text_generator(
         load_tokenizer(folder),
         context_length=context,
         eos_token_id=eos,
-        model_defaults=model_defaults(ref, folder),
         model_name=ref.name,
         backend=backend,
         variant=variant,

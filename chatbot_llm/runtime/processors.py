@@ -45,7 +45,7 @@ class NoRepeatNGram:
     def banned_tokens(self, row_ids: np.ndarray) -> np.ndarray:
         n = self.size
         length = len(row_ids)
-        if length + 1 < n:
+        if length < n:  # no complete n-gram yet (transformers: none when length + 1 < n, none found at n - 1)
             return row_ids[:0]
         if n == 1:
             return row_ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from tokenizers import Tokenizer
 
@@ -36,7 +36,7 @@ def _warn_stderr(message: str) -> None:
 
 
 class TextGenerator:
-    """One loaded model on one backend, with its defaults from generation_config.json."""
+    """One loaded model on one backend."""
 
     def __init__(
         self,
@@ -45,7 +45,6 @@ class TextGenerator:
         *,
         context_length: int,
         eos_token_id: int,
-        model_defaults: Mapping[str, Any],
         model_name: str,
         backend: str,
         variant: str | None,
@@ -55,7 +54,6 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.eos_token_id = eos_token_id
-        self.model_defaults = dict(model_defaults)
         self.model_name, self.backend, self.variant = model_name, backend, variant
         self.on_warning = on_warning
 

@@ -1,0 +1,136 @@
+"""ONNX generation equals transformers' generate(), row by row, whatever the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chatbot_llm.config import GenerationConfig
+from chatbot_llm.models import load_text_generator
+from chatbot_llm.runtime.generator import generate_ids
+from chatbot_llm.runtime.onnx_model import OnnxCausalLM
+from chatbot_llm.runtime.tokenizer import load_tokenizer
+from chatbot_llm.torch_backend import TorchBaseline
+
+EOS, CONTEXT = 50256, 64
+TEXTS = [
+    "I was walking through my old school",
+    "Subject: meeting tomorrow",
+    "The",
+    "We need the numbers by Friday, and the board wants a plan for next quarter",
+    "Dreams",
+    "A long corridor with doors on both sides, and behind every door",
+]
+
+
+@pytest.fixture(scope="module")
+def prompts(exports):
+    tokenizer = load_tokenizer(exports["fp32"])
+    return [tokenizer.encode(t).ids for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def torch_baseline(tiny_checkpoint):
+    return TorchBaseline(tiny_checkpoint, EOS, CONTEXT)
+
+
+def tokens(results):
+    return [r.tokens for r in results]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "opt"])
+def test_greedy_batch_of_one_equals_generate(exports, prompts, torch_baseline, variant):
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    config = GenerationConfig(do_sample=False, max_new_tokens=20, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    for prompt in prompts:
+        ours = generate_ids(model, [prompt], config, EOS, CONTEXT)
+        assert tokens(ours) == tokens(torch_baseline.generate_ids([prompt], config))
+        assert len(ours[0].tokens) == 20 and ours[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("variant", ["fp32", "opt"])
+def test_greedy_mixed_length_batch_equals_generate(exports, prompts, torch_baseline, variant):
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    # penalty 1.0: in a padded batch, generate() also penalises the pad token of shorter rows
+    config = GenerationConfig(do_sample=False, max_new_tokens=16, repetition_penalty=1.0, no_repeat_ngram_size=2)
+    assert tokens(generate_ids(model, prompts, config, EOS, CONTEXT)) == tokens(
+        torch_baseline.generate_ids(prompts, config)
+    )
+
+
+@pytest.mark.parametrize("variant", ["fp32", "opt", "int8"])
+def test_a_rows_greedy_output_does_not_depend_on_its_batch(exports, prompts, variant):
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    config = GenerationConfig(do_sample=False, max_new_tokens=12, repetition_penalty=1.2)
+    alone = [generate_ids(model, [p], config, EOS, CONTEXT)[0].tokens for p in prompts]
+    order = np.random.default_rng(3).permutation(len(prompts))
+    shuffled = generate_ids(model, [prompts[i] for i in order], config, EOS, CONTEXT)
+    assert [shuffled[j].tokens for j in np.argsort(order)] == alone
+
+
+def test_seeded_sampling_is_reproducible_and_batch_size_free(exports, prompts):
+    model = OnnxCausalLM(exports["opt"] / "model.onnx")
+    config = GenerationConfig(max_new_tokens=10, seed=1234)
+    keys = list(range(1, len(prompts) + 1))
+    batched = tokens(generate_ids(model, prompts, config, EOS, CONTEXT, stream_keys=keys))
+    assert batched == tokens(generate_ids(model, prompts, config, EOS, CONTEXT, stream_keys=keys))
+    one_by_one = [generate_ids(model, [p], config, EOS, CONTEXT, stream_keys=[k])[0].tokens
+                  for p, k in zip(prompts, keys)]
+    assert batched == one_by_one
+    other_seed = tokens(generate_ids(model, prompts, config.replace(seed=99), EOS, CONTEXT, stream_keys=keys))
+    assert other_seed != batched
+
+
+@pytest.mark.parametrize("narrow", [dict(top_k=1), dict(top_k=0, top_p=1e-6)])
+def test_sampling_with_a_one_token_support_is_greedy(exports, prompts, narrow):
+    model = OnnxCausalLM(exports["opt"] / "model.onnx")
+    sampled = GenerationConfig(max_new_tokens=10, seed=5, temperature=1.7, repetition_penalty=1.0, **narrow)
+    greedy = GenerationConfig(max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
+    assert tokens(generate_ids(model, prompts, sampled, EOS, CONTEXT)) == tokens(
+        generate_ids(model, prompts, greedy, EOS, CONTEXT)
+    )
+
+
+def test_rows_stop_at_eos_on_their_own(exports, prompts):
+    """Make EOS the argmax after a few steps for one row only: it stops, the others go on."""
+    model = OnnxCausalLM(exports["opt"] / "model.onnx")
+    config = GenerationConfig(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
+    free = generate_ids(model, prompts[:2], config, EOS, CONTEXT)
+    # the first row's third greedy token, used as the EOS id, ends that row after two tokens
+    fake_eos = free[0].tokens[2]
+    stopped = generate_ids(model, prompts[:2], config, fake_eos, CONTEXT)
+    assert stopped[0].finish_reason == "eos" and stopped[0].tokens == free[0].tokens[:2]
+    if fake_eos not in free[1].tokens:
+        assert stopped[1].tokens == free[1].tokens and stopped[1].finish_reason == "length"
+
+
+def test_long_prompts_are_cut_from_the_left_with_a_warning(exports, tiny_checkpoint):
+    warnings = []
+    generator = load_text_generator(str(tiny_checkpoint), "onnx", "opt", on_warning=warnings.append)
+    long_prompt = " ".join(f"word{i}" for i in range(200))
+    config = GenerationConfig(do_sample=False, max_new_tokens=10)
+    completion = generator.generate([long_prompt], config)[0]
+    assert completion.prompt_tokens == CONTEXT - 10 and len(completion.tokens) == 10
+    assert len(warnings) == 1 and "cut from the left" in warnings[0]
+    # a budget larger than the context: the prompt keeps half of it, the reply stops at the context
+    completion = generator.generate([long_prompt], config.replace(max_new_tokens=500))[0]
+    assert completion.prompt_tokens == CONTEXT // 2
+    assert completion.finish_reason == "context" and completion.prompt_tokens + len(completion.tokens) == CONTEXT
+
+
+def test_torch_and_onnx_text_generators_agree(exports, tiny_checkpoint):
+    config = GenerationConfig(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    onnx = load_text_generator(str(tiny_checkpoint), "onnx", "fp32").generate(TEXTS, config)
+    torch = load_text_generator(str(tiny_checkpoint), "torch").generate(TEXTS, config)
+    assert [c.tokens for c in onnx] == [c.tokens for c in torch]
+    assert [c.response for c in onnx] == [c.response for c in torch]
+
+
+def test_streamed_text_adds_up_to_the_response(exports, tiny_checkpoint):
+    generator = load_text_generator(str(tiny_checkpoint), "onnx", "opt")
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    completions = generator.generate(
+        TEXTS[:2], GenerationConfig(max_new_tokens=15, seed=3), on_text=lambda row, text: pieces[row].append(text)
+    )
+    for row, completion in enumerate(completions):
+        assert "".join(pieces[row]).strip() == completion.response
