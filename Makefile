@@ -6,20 +6,25 @@ MODEL ?= dream
 ARGS ?=
 
 .PHONY: setup chat test clean-exports
+.PRECIOUS: checkpoints/%/config.json
 
 # torch goes in first, pinned to the CPU wheel: a looser spec pulled in by another package would
 # fetch a multi-GB CUDA build. The stamp file makes re-runs instant until setup.cfg changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[export,test]'
 	touch $@
 
 setup: $(VENV)/.installed
 
-chat: setup
+# MODEL=checkpoints/<shape> (gpt2-124m or tiny) is made on first use: a random-weights GPT-2 of that
+# shape, to try the pipeline before you have a fine-tuned checkpoint of your own.
+chat: setup $(if $(filter checkpoints/%,$(MODEL)),$(MODEL)/config.json)
 	$(BIN)/chatbot-llm chat --model $(MODEL) $(ARGS)
+
+checkpoints/%/config.json: | setup
+	$(BIN)/python benchmarks/make_random_checkpoint.py checkpoints/$* --shape $*
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -302,7 +302,7 @@ def export(model: str, variant: str, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_command(as_json: bool) -> None:
     """Known models, their folders, and the export status of each variant."""
-    from chatbot_llm.export.manifest import check_export, read_manifest
+    from chatbot_llm.export.manifest import ExportStatus, check_export, read_manifest
     from chatbot_llm.models import KNOWN_MODELS, onnx_cache_dir, project_root, resolve_model
 
     rows = []
@@ -310,32 +310,43 @@ def models_command(as_json: bool) -> None:
         path = project_root() / "models" / folder
         try:
             ref = resolve_model(name)
-            statuses = {v: ref.status(v).describe() for v in VARIANTS}
+            statuses = {v: ref.status(v) for v in VARIANTS}
         except UsageError:
-            statuses = {v: "no checkpoint" for v in VARIANTS}
-        rows.append({"name": name, "folder": str(path), **statuses})
+            statuses = {v: ExportStatus("no checkpoint") for v in VARIANTS}
+        rows.append(({"name": name, "folder": str(path)}, statuses))
     cache = onnx_cache_dir()
     for folder in sorted(cache.iterdir()) if cache.is_dir() else []:
         if folder.name in KNOWN_MODELS or not folder.is_dir() or folder.name.startswith("."):
             continue
-        source, statuses = None, {}
+        source = None
         for v in VARIANTS:
             try:
                 source = source or read_manifest(folder / v)["source"]["path"]
             except (UsageError, KeyError, TypeError):
                 pass
-        for v in VARIANTS:
-            statuses[v] = check_export(folder / v, Path(source) if source else None, v).describe()
-        rows.append({"name": folder.name, "folder": source or "?", **statuses})
+        statuses = {v: check_export(folder / v, Path(source) if source else None, v) for v in VARIANTS}
+        rows.append(({"name": folder.name, "folder": source or "?"}, statuses))
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([{**row, **{v: s.describe() for v, s in st.items()}} for row, st in rows], indent=2))
         return
-    table = Table(title=f"models (exports in {cache})")
+    colours = {"ok": "green", "stale": "yellow", "corrupt": "red"}
+    table = Table(title=f"models (exports in {_short(cache)})", caption="chatbot-llm models --json gives the reasons")
     for column in ("name", "folder") + VARIANTS:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in ("name", "folder") + VARIANTS))
+        table.add_column(column, overflow="fold")
+    for row, statuses in rows:
+        cells = [f"[{colours.get(s.state, 'dim')}]{s.state}[/]" for s in statuses.values()]
+        table.add_row(row["name"], _short(Path(row["folder"])), *cells)
     Console().print(table)
+
+
+def _short(path: Path) -> str:
+    """A path relative to the project root when it is inside it."""
+    from chatbot_llm.models import project_root
+
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 # ---------------------------------------------------------------- entry point
