@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from chatbot_llm.config import load_generation_config_json
 from chatbot_llm.errors import UsageError
 from chatbot_llm.export.manifest import MANIFEST, ExportStatus, check_export
-from chatbot_llm.runtime.onnx_model import read_model_config
+from chatbot_llm.runtime.onnx_model import eos_and_context, read_model_config
 
 if TYPE_CHECKING:
     from chatbot_llm.runtime.textgen import TextGenerator
@@ -151,7 +151,7 @@ def load_text_generator(
         folder = ensure_export(ref, variant, on_stage)
         on_stage(f"loading {folder}")
         config = read_model_config(folder)
-        eos, context = int(config.get("eos_token_id", 50256)), int(config["n_positions"])
+        eos, context = eos_and_context(config)
         run = partial(generate_ids, OnnxCausalLM(folder / "model.onnx"), eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:
@@ -161,7 +161,7 @@ def load_text_generator(
 
         folder, variant = ref.checkpoint, None
         config = check_checkpoint(folder)
-        eos, context = int(config.get("eos_token_id", 50256)), int(config["n_positions"])
+        eos, context = eos_and_context(config)
         on_stage(f"loading {folder} with PyTorch")
         run = TorchBaseline(folder, eos, context).generate_ids
     extra = {"on_warning": on_warning} if on_warning else {}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.errors import UsageError
-from chatbot_llm.runtime.generator import RowResult, TokenCallback
+from chatbot_llm.runtime.generator import RowResult, TokenCallback, left_pad
 
 
 class TorchBaseline:
@@ -78,20 +78,16 @@ class TorchBaseline:
 
     def _generate(self, prompts, budgets, reasons, config, on_token) -> list[RowResult]:
         torch = self.torch
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.eos, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
+        ids, mask, _ = left_pad(prompts, self.eos)  # generate() derives the same position ids itself
+        width = ids.shape[1]
         if config.seed is not None:
             torch.manual_seed(config.seed)
         streamer = _RowStreamer(on_token, self.eos, budgets) if on_token else None
         started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
                 generation_config=self._generation_config(config, max(budgets)),
                 streamer=streamer,
             )

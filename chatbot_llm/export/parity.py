@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from chatbot_llm.config import GenerationConfig
-from chatbot_llm.runtime.generator import generate_ids
-from chatbot_llm.runtime.onnx_model import OnnxCausalLM, read_model_config
+from chatbot_llm.runtime.generator import generate_ids, left_pad
+from chatbot_llm.runtime.onnx_model import OnnxCausalLM, eos_and_context, read_model_config
 from chatbot_llm.runtime.tokenizer import load_tokenizer
 from chatbot_llm.torch_backend import TorchBaseline
 
@@ -29,31 +29,17 @@ PROMPTS = (
 GREEDY_TOKENS = 16
 
 
-def _left_pad(prompts: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad, np.int64)
-    mask = np.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        mask[row, width - len(prompt) :] = 1
-    positions = np.cumsum(mask, axis=1) - 1
-    positions[mask == 0] = 1
-    return ids, mask, positions
-
-
 def measure_parity(checkpoint: Path, export_dir: Path) -> dict[str, Any]:
     import torch
 
-    config = read_model_config(checkpoint)
-    eos = int(config.get("eos_token_id", 50256))
-    context = int(config["n_positions"])
+    eos, context = eos_and_context(read_model_config(checkpoint))
     tokenizer = load_tokenizer(export_dir)
     prompts = [tokenizer.encode(p).ids[: max(2, context // 4)] for p in PROMPTS]
     baseline = TorchBaseline(checkpoint, eos, context)
     onnx = OnnxCausalLM(export_dir / "model.onnx")
 
     # prefill: every real position of a left-padded batch
-    ids, mask, positions = _left_pad(prompts, eos)
+    ids, mask, positions = left_pad(prompts, eos)
     with torch.inference_mode():
         reference = baseline.model(
             input_ids=torch.from_numpy(ids),
@@ -68,7 +54,7 @@ def measure_parity(checkpoint: Path, export_dir: Path) -> dict[str, Any]:
 
     # decode: the last token of each prompt through the KV cache of the others
     heads = [p[:-1] or [eos] for p in prompts]
-    ids, mask, positions = _left_pad(heads, eos)
+    ids, mask, positions = left_pad(heads, eos)
     _, cache = onnx.forward(ids, mask, positions, onnx.empty_cache(len(prompts)))
     lengths = np.array([len(h) for h in heads])
     step_mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)

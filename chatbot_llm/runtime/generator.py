@@ -29,6 +29,22 @@ class RowResult:
     seconds: float = 0.0  # from the start of the batch to this row's last token
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask and position_ids of a left-padded batch, as generate() builds them.
+
+    Position ids count only real tokens; padded positions get 1, as in generate(), and are masked.
+    """
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    positions = np.cumsum(mask, axis=1) - 1
+    positions[mask == 0] = 1
+    return ids, mask, positions
+
+
 def row_rngs(config: GenerationConfig, keys: Sequence[int]) -> list[np.random.Generator]:
     """One random stream per prompt, keyed by (seed, key) when seeded, fresh entropy otherwise."""
     if config.seed is None:
@@ -66,14 +82,7 @@ class Generator:
         self.results = [RowResult() for _ in prompts]
         self.active = np.arange(len(prompts))
         self.cache: KVCache = model.empty_cache(len(prompts))
-        width = int(lengths.max())
-        mask = (np.arange(width)[None, :] >= (width - lengths)[:, None]).astype(np.int64)
-        ids = np.full((len(prompts), width), eos_token_id, np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = prompt
-        positions = np.cumsum(mask, axis=1) - 1
-        positions[mask == 0] = 1  # as generate() does; padded positions are masked anyway
-        self.attention_mask = mask
+        ids, self.attention_mask, positions = left_pad(prompts, eos_token_id)
         self._next_input = (ids, positions)
         self.started = time.perf_counter()
 

@@ -97,3 +97,8 @@ def read_model_config(folder: Path) -> dict:
         kind = config.get("model_type") if isinstance(config, dict) else None
         raise UsageError(f"{folder} is not a GPT-2 checkpoint (config.json model_type is {kind!r}, not 'gpt2')")
     return config
+
+
+def eos_and_context(config: dict) -> tuple[int, int]:
+    """The EOS token id and the context length (n_positions) of a GPT-2 config."""
+    return int(config.get("eos_token_id", 50256)), int(config["n_positions"])
