@@ -213,3 +213,44 @@ def test_config_file_sits_between_model_defaults_and_the_command_line(exports, t
                      "--top-k", "9", "--format", "jsonl")
     params = json.loads(result.stdout.splitlines()[0])["params"]
     assert (params["do_sample"], params["max_new_tokens"], params["top_k"], params["temperature"]) == (False, 3, 9, 1.7)
+
+
+def test_ctrl_c_at_the_chat_prompt_ends_cleanly(exports, tiny_checkpoint):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatbot_llm", "chat", "--model", str(tiny_checkpoint)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "You: " not in seen and time.monotonic() < deadline:  # wait for the prompt
+        seen += os.read(process.stdout.fileno(), 100).decode()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in stderr
+
+
+def test_chat_on_the_torch_backend_streams_the_same_greedy_reply(exports, tiny_checkpoint):
+    replies = []
+    for backend in ("onnx", "torch"):
+        result = run_cli("chat", "--model", str(tiny_checkpoint), "--backend", backend, *GREEDY,
+                         stdin="I was walking through my old school\n")
+        assert result.returncode == 0, result.stderr
+        replies.append(result.stdout.split("Bot: ", 1)[1].split("\n")[0])
+    assert replies[0] == replies[1] and replies[0].strip()
+
+
+def test_version_and_help():
+    from chatbot_llm import __version__
+
+    assert run_cli("--version").stdout.strip().endswith(__version__)
+    helped = run_cli("batch", "--help")
+    for option in ("--temperature", "--top-p", "--top-k", "--repetition-penalty", "--max-new-tokens",
+                   "--max-length", "--no-repeat-ngram-size", "--do-sample / --greedy", "--seed", "--config"):
+        assert option in helped.stdout
