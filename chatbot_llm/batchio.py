@@ -99,6 +99,8 @@ def write_record(stream: IO[str], text: str) -> None:
     try:
         stream.write(text)
         stream.flush()
+    except BrokenPipeError:  # the reader (head, less) has gone: Click exits quietly
+        raise
     except OSError as exc:
         name = getattr(stream, "name", "output")
         raise ChatbotError(f"cannot write to {name}: {exc.strerror}; the records before this one are kept") from None

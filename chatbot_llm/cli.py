@@ -369,9 +369,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         code = 130
-    except BrokenPipeError:  # piped into head: not an error
-        sys.stderr.close()
-        code = 0
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("CHATBOT_LLM_DEBUG"):
             raise

@@ -134,3 +134,23 @@ def test_streamed_text_adds_up_to_the_response(exports, tiny_checkpoint):
     )
     for row, completion in enumerate(completions):
         assert "".join(pieces[row]).strip() == completion.response
+
+
+def test_the_onnx_path_never_imports_torch_or_transformers(exports, tiny_checkpoint):
+    """A deployment that only chats needs onnxruntime, tokenizers and numpy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from chatbot_llm import cli\n"
+        "from chatbot_llm.config import GenerationConfig\n"
+        "from chatbot_llm.models import load_text_generator\n"
+        f"g = load_text_generator({str(tiny_checkpoint)!r}, 'onnx', 'int8')\n"
+        "c = g.generate(['hello'], GenerationConfig(max_new_tokens=3, seed=1))[0]\n"
+        "assert c.tokens, c\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -42,6 +42,7 @@ class OnnxCausalLM:
     def __init__(self, model_path: Path, providers: list[str] | None = None, threads: int | None = None):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: load-time notes are not the user's business
         if threads:
             options.intra_op_num_threads = threads
         try:
