@@ -136,6 +136,11 @@ def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwa
     err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({backend}"
               f"{'' if generator.variant is None else ', ' + generator.variant}). "
               "Type /help for commands, exit to leave.")
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  line editing and history for input()
+        except ImportError:  # not on every platform
+            pass
     turn = 0
     while True:
         try:

@@ -26,7 +26,15 @@ from typing import Any, Callable
 
 from chatbot_llm import __version__
 from chatbot_llm.errors import ChatbotError, UsageError
-from chatbot_llm.export.manifest import FORMAT_VERSION, MANIFEST, MODEL_FILE, WEIGHT_FILES, fingerprint, sha256_file
+from chatbot_llm.export.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FILE,
+    WEIGHT_FILES,
+    check_export,
+    fingerprint,
+    sha256_file,
+)
 from chatbot_llm.runtime.onnx_model import read_model_config
 from chatbot_llm.runtime.tokenizer import load_tokenizer
 
@@ -86,18 +94,17 @@ def export_checkpoint(
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{variant}.partial-", dir=export_dir.parent))
     try:
-        on_stage("exporting with Optimum (text-generation-with-past)")
-        raw = _optimum_export(checkpoint, work / "optimum")
+        raw = _fp32_graph(checkpoint, export_dir.parent / "fp32", variant, work / "optimum", on_stage)
         model_path = work / MODEL_FILE
         if variant == "fp32":
-            shutil.move(str(raw), model_path)
+            shutil.move(str(raw), model_path)  # variant fp32 always exports afresh into scratch
         else:
             on_stage("fusing with ONNX Runtime's gpt2 transformer optimizer")
             _fuse(raw, model_path, config, fold_constants=variant == "int8")
             if variant == "int8":
                 on_stage("quantizing weights to int8 (MatMulNBits)")
                 _quantize_int8(model_path)
-        shutil.rmtree(work / "optimum")
+        shutil.rmtree(work / "optimum", ignore_errors=True)
         _write_side_files(checkpoint, work, config)
         on_stage("validating against PyTorch")
         parity = measure_parity(checkpoint, work)
@@ -114,6 +121,16 @@ def export_checkpoint(
         return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fp32_graph(checkpoint: Path, fp32_dir: Path, variant: str, scratch: Path, on_stage: Stage) -> Path:
+    """Optimum's fp32 graph: taken from an up-to-date fp32 export of the same checkpoint if there
+    is one (opt and int8 start from it), else exported now."""
+    if variant != "fp32" and check_export(fp32_dir, checkpoint, "fp32").ok:
+        on_stage(f"starting from the fp32 export in {fp32_dir}")
+        return fp32_dir / MODEL_FILE
+    on_stage("exporting with Optimum (text-generation-with-past)")
+    return _optimum_export(checkpoint, scratch)
 
 
 @contextlib.contextmanager
