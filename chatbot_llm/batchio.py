@@ -7,9 +7,11 @@ written with one write() and flushed as soon as its prompt is done.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -57,19 +59,22 @@ def read_prompts(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, prompt
 
 
-def open_output(path: Path | None, fmt: str, append: bool, overwrite: bool) -> tuple[IO[str], bool]:
+@contextlib.contextmanager
+def output_stream(path: Path | None, append: bool, overwrite: bool) -> Iterator[tuple[IO[str], bool]]:
     """The output stream, and whether it already holds records (so a CSV header is not repeated).
 
-    An existing non-empty file is never truncated unless --overwrite says so.
+    Opened before any work starts, so an unwritable path fails at once. An existing non-empty file
+    is never truncated unless --overwrite says so, and a file this run created but never wrote to
+    is removed again if the run fails.
     """
-    import sys
-
     if path is None:
-        return sys.stdout, False
+        yield sys.stdout, False
+        return
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--output-file {path} is a directory")
-    has_records = path.is_file() and path.stat().st_size > 0
+    existed = path.exists()
+    has_records = existed and path.stat().st_size > 0
     if has_records and not (append or overwrite):
         raise UsageError(f"{path} already exists; add --append to add to it or --overwrite to replace it")
     try:
@@ -78,7 +83,14 @@ def open_output(path: Path | None, fmt: str, append: bool, overwrite: bool) -> t
         raise UsageError(f"cannot write --output-file {path}: permission denied") from None
     except OSError as exc:
         raise UsageError(f"cannot write --output-file {path}: {exc.strerror}") from None
-    return stream, has_records and not overwrite
+    try:
+        yield stream, has_records and not overwrite
+    except BaseException:
+        stream.close()
+        if not existed and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        raise
+    stream.close()
 
 
 def format_record(fmt: str, row: dict[str, Any], header: bool) -> str:

@@ -127,13 +127,19 @@ def _bot_label(name: str) -> str:
 @generation_options
 def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwargs: Any) -> None:
     """Talk to a model: each line you type is a prompt, the reply streams as it is generated."""
-    from chatbot_llm.batchio import format_record, open_output, write_record
+    from chatbot_llm.batchio import output_stream
 
     generation_args = _split_generation_args(kwargs)
-    out = open_output(output_file, "text", append=True, overwrite=False)[0] if output_file else None
-    generator, config = _load(model, backend, variant, generation_args)
+    with output_stream(output_file, append=True, overwrite=False) as (out, _):
+        generator, config = _load(model, backend, variant, generation_args)
+        _chat_loop(generator, config, out if output_file else None)
+
+
+def _chat_loop(generator, config: GenerationConfig, out) -> None:
+    from chatbot_llm.batchio import format_record, write_record
+
     label = _bot_label(generator.model_name)
-    err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({backend}"
+    err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({generator.backend}"
               f"{'' if generator.variant is None else ', ' + generator.variant}). "
               "Type /help for commands, exit to leave.")
     if sys.stdin.isatty():
@@ -168,8 +174,6 @@ def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwa
         click.echo()
         if out is not None:
             write_record(out, format_record("text", {"prompt": prompt, "response": completion.response}, False))
-    if out is not None:
-        out.close()
 
 
 def _chat_command(line: str, config: GenerationConfig) -> GenerationConfig:
@@ -215,16 +219,24 @@ def _print_params(config: GenerationConfig) -> None:
 def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file: Path | None, fmt: str,
           batch_size: int, append: bool, overwrite: bool, **kwargs: Any) -> None:
     """Run every non-empty line of PROMPT_FILE through a model."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from chatbot_llm.batchio import check_prompt_file, format_record, open_output, read_prompts, write_record
+    from chatbot_llm.batchio import check_prompt_file, output_stream
 
     if append and overwrite:
         raise UsageError("--append and --overwrite contradict each other; pick one")
     generation_args = _split_generation_args(kwargs)
     total = check_prompt_file(prompt_file)
-    out, has_records = open_output(output_file, fmt, append, overwrite)
-    generator, config = _load(model, backend, variant, generation_args)
+    with output_stream(output_file, append, overwrite) as (out, has_records):
+        generator, config = _load(model, backend, variant, generation_args)
+        done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file)
+    if output_file is not None:
+        err.print(f"{done} results written to {output_file}")
+
+
+def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chatbot_llm.batchio import format_record, read_prompts, write_record
+
     params = config.to_dict()
     done = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -253,14 +265,9 @@ def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file
                     done += 1
                 progress.advance(task, len(chunk))
     except KeyboardInterrupt:
-        where = output_file or "standard output"
-        err.print(f"interrupted: {done} of {total} prompts written to {where}")
+        err.print(f"interrupted: {done} of {total} prompts written to {output_file or 'standard output'}")
         sys.exit(130)
-    finally:
-        if output_file is not None:
-            out.close()
-    if output_file is not None:
-        err.print(f"{done} results written to {output_file}")
+    return done
 
 
 def _chunks(items, size: int):
@@ -292,7 +299,7 @@ def export(model: str, variant: str, force: bool) -> None:
             continue
         started = time.perf_counter()
         with err.status(f"exporting {ref.name} ({name})") as spinner:
-            folder = ensure_export(ref, name, on_stage=lambda s: spinner.update(f"{ref.name} ({name}): {s}"),
+            folder = ensure_export(ref, name, on_stage=lambda s, name=name: spinner.update(f"{ref.name} ({name}): {s}"),
                                    force=force)
         parity = json.loads((folder / "manifest.json").read_text())["parity"]
         size = (folder / "model.onnx").stat().st_size / 1e6

@@ -153,11 +153,13 @@ def _empty(tmp_path):
         (("--variant", "int4"), 2, "'int4' is not one of"),
     ],
 )
-def test_bad_options_get_one_line(exports, tiny_checkpoint, prompt_file, args, code, message):
+def test_bad_options_get_one_line(exports, tiny_checkpoint, prompt_file, tmp_path, args, code, message):
     model = () if "--model" in args else ("--model", str(tiny_checkpoint))
-    result = run_cli("batch", str(prompt_file), *model, *args)
+    out = tmp_path / "never.jsonl"
+    result = run_cli("batch", str(prompt_file), *model, *args, "-o", str(out))
     assert result.returncode == code
     assert len(error_lines(result)) == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()  # a failed run leaves no empty output file behind
 
 
 @pytest.mark.parametrize(
