@@ -13,6 +13,7 @@ after it passed validation, so an interrupted export never leaves a cache that g
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -248,8 +249,6 @@ def _version(dist: str) -> str | None:
 
 
 def _json(data: Any) -> str:
-    import json
-
     return json.dumps(data, indent=2) + "\n"
 
 
