@@ -94,9 +94,9 @@ class Generator:
         ids, positions = self._next_input
         logits, self.cache = self.model.forward(ids, self.attention_mask, positions, self.cache)
         rows = self.active
-        scores = apply_processors(
-            self.processors, [self.sequences[r][: self.lengths[r]] for r in rows], logits
-        )
+        scores = logits
+        if self.processors:  # only they read the rows' tokens
+            scores = apply_processors(self.processors, [self.sequences[r][: self.lengths[r]] for r in rows], logits)
         if self.config.do_sample:
             tokens = np.array([sample(s, self.rngs[r]) for r, s in zip(rows, scores)], np.int64)
         else:
