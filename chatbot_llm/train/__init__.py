@@ -1,0 +1,1 @@
+"""txt corpus -> GPT-2 checkpoint, with transformers' Trainer."""
