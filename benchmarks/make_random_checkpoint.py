@@ -8,13 +8,9 @@ of a real GPT-2 fine-tune, not its quality. Needs the export extra (torch, trans
 """
 
 import argparse
-import shutil
 from pathlib import Path
 
-SHAPES = {
-    "gpt2-124m": dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024),
-    "tiny": dict(n_embd=64, n_layer=2, n_head=2, n_positions=256),
-}
+from chatbot_llm.bench.shapes import SHAPES, make_random_checkpoint
 
 
 def main() -> None:
@@ -23,19 +19,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="gpt2-124m")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir
-
-    torch.manual_seed(args.seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, **SHAPES[args.shape]))
-    model.save_pretrained(args.out)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(bundled_tokenizer_dir() / name, args.out / name)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{args.out}: random GPT-2 {args.shape}, {params:.1f}M parameters, seed {args.seed}")
+    make_random_checkpoint(args.out, args.shape, args.seed)
+    print(f"{args.out}: random GPT-2 {args.shape}, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ written with one write() and flushed as soon as its prompt is done.
 from __future__ import annotations
 
 import contextlib
+import os
 import csv
 import io
 import json
@@ -57,6 +58,18 @@ def read_prompts(path: Path) -> Iterator[tuple[int, str]]:
             prompt = line.strip()
             if prompt:
                 yield number, prompt
+
+
+def check_output_path(path: Path, option: str = "") -> None:
+    """Refuse, before any work, a report path that cannot be written (it is replaced when it exists)."""
+    path, name = Path(path), f"{option} {path}".strip()
+    if path.is_dir():
+        raise UsageError(f"{name} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {name}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {name}: permission denied")
 
 
 @contextlib.contextmanager

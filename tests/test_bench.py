@@ -1,0 +1,87 @@
+"""`chatbot-llm bench`: a smoke run on a tiny model produces the table, the JSON and the plot.
+
+Timings are never asserted: benchmarks are not pass/fail tests. What is asserted is that every
+figure is there, that the workers really ran each backend, and that bad options are refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import error_lines, run_cli
+
+BACKENDS = ["torch", "onnx-fp32", "onnx-opt", "onnx-int8"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_checkpoint, exports, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_cli("bench", "--model", str(tiny_checkpoint), "--new-tokens", "2", "--repeats", "1",
+                     "--batch-sizes", "1,3", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"))
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((out / "bench.json").read_text()), out / "bench.png"
+
+
+def test_bench_prints_a_table_of_every_backend(smoke):
+    result, _, _ = smoke
+    for name in BACKENDS:
+        assert name in result.stdout
+    for column in ("ms/token", "tok/s b1", "tok/s b3", "peak RSS MB", "greedy = torch"):
+        assert column in result.stdout
+    assert "x torch per decoded token" in result.stdout
+
+
+def test_bench_json_holds_every_figure(smoke, tiny_checkpoint):
+    _, report, _ = smoke
+    assert report["settings"] == {"batch_sizes": [1, 3], "prompt_tokens": 20, "new_tokens": 2, "repeats": 1,
+                                  "threads": None}
+    assert report["model"] == str(tiny_checkpoint) and report["machine"]["cores"] >= 1
+    assert list(report["results"]) == BACKENDS
+    for name, figures in report["results"].items():
+        for key in ("load_seconds", "first_token_ms", "decode_ms_median", "decode_ms_p95", "tokens_per_second",
+                    "peak_rss_mb", "disk_mb", "speedup_vs_torch", "rss_vs_torch"):
+            assert figures[key] > 0, (name, key)
+        assert set(figures["throughput"]) == {"1", "3"}
+        assert figures["greedy_agreement"]["rows"] == 3
+        # each backend ran in a process of its own: only the torch worker imported torch
+        assert figures["torch_imported"] == (name == "torch")
+    assert report["results"]["torch"]["greedy_agreement"]["rows_identical"] == 3
+    assert report["results"]["onnx-fp32"]["greedy_agreement"]["rows_identical"] == 3
+
+
+def test_bench_plot_is_a_png(smoke):
+    _, _, plot = smoke
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "torch,onnx-fp16"], "unknown backend 'onnx-fp16'"),
+        (["--backends", ","], "--backends is empty"),
+        (["--batch-sizes", "1,x"], "whole numbers"),
+        (["--batch-sizes", "0"], "at least 1"),
+        (["--shape", "tiny", "--model", "dream"], "not both"),
+        (["--json", "/nonexistent-dir/b.json"], "does not exist"),
+        (["--prompt-tokens", "60", "--new-tokens", "10"], "exceed the model's context"),
+    ],
+)
+def test_bench_refuses_bad_options_in_one_line(tiny_checkpoint, args, message):
+    extra = [] if "--shape" in args else ["--model", str(tiny_checkpoint)]
+    result = run_cli("bench", *extra, *args)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_ct2_backends_say_how_to_install_when_missing(tiny_checkpoint):
+    try:
+        import ctranslate2  # noqa: F401
+
+        pytest.skip("ctranslate2 is installed here")
+    except ImportError:
+        pass
+    result = run_cli("bench", "--model", str(tiny_checkpoint), "--backends", "ct2-int8")
+    assert result.returncode == 2 and "pip install ctranslate2" in error_lines(result)[0]
