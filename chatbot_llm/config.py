@@ -15,6 +15,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -187,13 +188,29 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
     raise UsageError(f"{source}: {name} must be {_kind_name(kind)}, got {value!r}")
 
 
+def presets_dir() -> Path:
+    return Path(str(resources.files("chatbot_llm") / "presets"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A --config value: a TOML file, or the name of a preset shipped with the package (seed, dream, ...)."""
+    path = Path(name)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (presets_dir() / f"{name}.toml").is_file():
+        return presets_dir() / f"{name}.toml"
+    return path
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a --config file: a flat TOML table of generation parameters. Unknown keys are errors."""
-    path = Path(path)
+    """Read a --config file or preset: a flat TOML table of generation parameters. Unknown keys are errors."""
+    path = config_path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"config file not found: {path}") from None
+        raise UsageError(f"config file not found: {path} (presets: {', '.join(preset_names())})") from None
     except IsADirectoryError:
         raise UsageError(f"config file is a directory: {path}") from None
     except UnicodeDecodeError:

@@ -152,7 +152,8 @@ def load_text_generator(
         on_stage(f"loading {folder}")
         config = read_model_config(folder)
         eos, context = eos_and_context(config)
-        run = partial(generate_ids, OnnxCausalLM(folder / "model.onnx"), eos_token_id=eos, context_length=context)
+        model = OnnxCausalLM(folder / "model.onnx")
+        run = partial(generate_ids, model, eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:
             raise UsageError(f"--backend torch needs a checkpoint folder; {ref.name} is an ONNX export")
@@ -163,6 +164,7 @@ def load_text_generator(
         config = check_checkpoint(folder)
         eos, context = eos_and_context(config)
         on_stage(f"loading {folder} with PyTorch")
+        model = None
         run = TorchBaseline(folder, eos, context).generate_ids
     extra = {"on_warning": on_warning} if on_warning else {}
     return TextGenerator(
@@ -173,5 +175,6 @@ def load_text_generator(
         model_name=ref.name,
         backend=backend,
         variant=variant,
+        model=model,
         **extra,
     )

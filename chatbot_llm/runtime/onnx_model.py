@@ -85,6 +85,17 @@ class OnnxCausalLM:
         return np.array(logits[:, -1, :], dtype=np.float32), KVCache(present)
 
 
+    def token_logprobs(self, ids: list[int], start: int) -> np.ndarray:
+        """log p(ids[i] | ids[:i]) for i >= start, at temperature 1 with no processors, in one pass."""
+        x = np.asarray(ids, np.int64)[None, :]
+        feeds = {"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": np.arange(x.shape[1])[None, :]}
+        feeds.update(zip(self.past_names, self.empty_cache(1).tensors))
+        logits = self.session.run(["logits"], feeds)[0][0, start - 1 : -1].astype(np.float64)
+        top = logits.max(axis=-1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=-1))
+        return logits[np.arange(len(logits)), x[0, start:]] - log_norm
+
+
 def read_model_config(folder: Path) -> dict:
     """config.json of a checkpoint or an export, checked to be a GPT-2 causal LM."""
     path = Path(folder) / "config.json"

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from tokenizers import Tokenizer
 
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.runtime.generator import RowResult
 from chatbot_llm.runtime.tokenizer import StreamDecoder
+
+if TYPE_CHECKING:
+    from chatbot_llm.runtime.onnx_model import OnnxCausalLM
 
 GenerateIds = Callable[..., list[RowResult]]
 TextCallback = Callable[[int, str], None]  # (row, text delta)
@@ -48,6 +51,7 @@ class TextGenerator:
         model_name: str,
         backend: str,
         variant: str | None,
+        model: "OnnxCausalLM | None" = None,
         on_warning: Callable[[str], None] = _warn_stderr,
     ):
         self.generate_ids = generate_ids
@@ -55,6 +59,7 @@ class TextGenerator:
         self.context_length = context_length
         self.eos_token_id = eos_token_id
         self.model_name, self.backend, self.variant = model_name, backend, variant
+        self.model = model  # the ONNX session, for scoring (sweep); None on the torch backend
         self.on_warning = on_warning
 
     def encode(self, prompt: str, config: GenerationConfig) -> list[int]:
