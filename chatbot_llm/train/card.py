@@ -93,7 +93,7 @@ def write_card(folder: Path, prompts: list[str] | None = None) -> Path:
         f"| learning rate | {recipe['learning_rate']:g}, cosine, 3% warm-up, AdamW (wd 0.1, beta2 0.95) |",
         f"| wall time | {hours:.2f} h in {results['sessions']} session(s), {results['threads']} CPU thread(s), "
         f"bf16 autocast {'on' if results['bf16'] else 'off'} |",
-        f"| versions | " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + " |",
+        "| versions | " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + " |",
         "",
         "Reproduce it from a clean clone with the command above (paths relative to the repository root).",
         "",

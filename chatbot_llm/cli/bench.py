@@ -1,0 +1,85 @@
+"""bench: every backend on one checkpoint, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from chatbot_llm.cli.app import stage, cli, err
+from chatbot_llm.errors import UsageError
+
+
+# ---------------------------------------------------------------- bench
+
+@cli.command()
+@click.option("--model", "-m", help="A known name or a checkpoint folder (default: --shape gpt2-124m).")
+@click.option("--shape", type=click.Choice(("gpt2-124m", "tiny")),
+              help="Benchmark a random-weights GPT-2 of this shape, built once into checkpoints/.")
+@click.option("--backends", default="torch,onnx-fp32,onnx-opt,onnx-int8", show_default=True,
+              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8 (and ct2-int8, ct2-fp32 when "
+                   "ctranslate2 is installed).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Threads per backend (default: each one's own).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
+def bench(model: str | None, shape: str | None, backends: str, batch_sizes: str, prompt_tokens: int,
+          new_tokens: int, repeats: int, threads: int | None, json_file: Path | None, plot_file: Path | None) -> None:
+    """Speed, memory and agreement of every backend on one checkpoint, each in its own process."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from chatbot_llm.batchio import check_output_path
+    from chatbot_llm.bench.report import plot, summary_lines, table
+    from chatbot_llm.bench.run import check_fits, parse_backends, parse_sizes, run_bench
+    from chatbot_llm.models import project_root, resolve_model
+
+    if model and shape:
+        raise UsageError("give --model or --shape, not both")
+    names, sizes = parse_backends(backends), parse_sizes(batch_sizes)
+    for option, path in (("--json", json_file), ("--plot", plot_file)):
+        if path is not None:
+            check_output_path(path, option)
+    if plot_file is not None:
+        from chatbot_llm.bench.report import check_plotting
+
+        check_plotting()
+    if not model:
+        from chatbot_llm.bench.shapes import shape_checkpoint
+
+        shape = shape or "gpt2-124m"
+        if not (project_root() / "checkpoints" / shape / "config.json").is_file():
+            stage(f"building a random GPT-2 of shape {shape} (once)")
+        model = str(shape_checkpoint(shape, project_root()))
+    ref = resolve_model(model)
+    check_fits(ref, prompt_tokens, new_tokens)
+    with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("preparing", total=len(names))
+        started: list[str] = []
+
+        def on_backend(name: str) -> None:
+            if started:
+                bar.advance(task)
+            started.append(name)
+            bar.update(task, description=name)
+
+        report = run_bench(ref, names, sizes, prompt_tokens, new_tokens, repeats, threads,
+                           on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend)
+        bar.update(task, completed=len(names), description="done")
+    console = Console()
+    console.print(table(report))
+    for line in summary_lines(report):
+        console.print(line)
+    if json_file:
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        stage(f"wrote {json_file}")
+    if plot_file:
+        plot(report, plot_file)
+        stage(f"wrote {plot_file}")
+
+

@@ -1,0 +1,191 @@
+"""chat and batch: talk to a model, or run a prompt file through it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chatbot_llm.cli.app import cli, err, generation_options, load_model, model_options, split_generation_args
+from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, parse_value
+from chatbot_llm.errors import UsageError
+
+
+# ---------------------------------------------------------------- chat
+
+CHAT_HELP = """Commands:
+  /set NAME VALUE   change a generation parameter (e.g. /set temperature 0.8, /set seed none)
+  /params           show the parameters in use
+  /help             this help
+  exit, quit        leave (so do Ctrl-D and Ctrl-C at the prompt)
+Each message is a prompt the model continues; there is no memory between turns.
+Ctrl-C while a reply is streaming stops that reply."""
+
+
+def _bot_label(name: str) -> str:
+    return {"dream": "DreamBot", "email": "EmailBot"}.get(name, "Bot")
+
+
+@cli.command()
+@model_options
+@click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append each prompt and reply here, in the seed's format.")
+@generation_options
+def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwargs: Any) -> None:
+    """Talk to a model: each line you type is a prompt, the reply streams as it is generated."""
+    from chatbot_llm.batchio import output_stream
+
+    generation_args = split_generation_args(kwargs)
+    with output_stream(output_file, append=True, overwrite=False) as (out, _):
+        generator, config = load_model(model, backend, variant, generation_args)
+        _chat_loop(generator, config, out if output_file else None)
+
+
+def _chat_loop(generator, config: GenerationConfig, out) -> None:
+    from chatbot_llm.batchio import format_record, write_record
+
+    label = _bot_label(generator.model_name)
+    err.print(f"Chatting with [bold]{generator.model_name}[/bold] ({generator.backend}"
+              f"{'' if generator.variant is None else ', ' + generator.variant}). "
+              "Type /help for commands, exit to leave.")
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  line editing and history for input()
+        except ImportError:  # not on every platform
+            pass
+    turn = 0
+    while True:
+        try:
+            line = input("You: ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            break
+        prompt = line.strip()
+        if not prompt:
+            continue
+        if prompt.lower() in {"exit", "quit"}:
+            break
+        if prompt.startswith("/"):
+            config = _chat_command(prompt, config)
+            continue
+        turn += 1
+        click.echo(f"{label}: ", nl=False)
+        try:
+            completion = generator.generate(
+                [prompt], config, stream_keys=[turn], on_text=lambda _row, text: click.echo(text, nl=False)
+            )[0]
+        except KeyboardInterrupt:
+            click.echo(" [stopped]")
+            continue
+        click.echo()
+        if out is not None:
+            write_record(out, format_record("text", {"prompt": prompt, "response": completion.response}, False))
+
+
+def _chat_command(line: str, config: GenerationConfig) -> GenerationConfig:
+    parts = line.split(maxsplit=2)
+    command = parts[0].lower()
+    try:
+        if command == "/set" and len(parts) == 3:
+            name = canonical_name(parts[1])
+            config = config.replace(**{name: parse_value(name, parts[2])})
+            click.echo(f"{name} = {getattr(config, name)}")
+        elif command == "/params":
+            _print_params(config)
+        elif command == "/help":
+            click.echo(CHAT_HELP)
+        else:
+            click.echo(f"unknown command {line!r}; /help lists the commands")
+    except UsageError as exc:
+        click.echo(f"error: {exc}")
+    return config
+
+
+def _print_params(config: GenerationConfig) -> None:
+    for name, value in config.to_dict().items():
+        shown = "unset" if value is None else str(value)
+        click.echo(f"  {name:<21} {shown:<7} {PARAMETERS[name][2]}")
+
+
+# ---------------------------------------------------------------- batch
+
+@cli.command()
+@click.argument("prompt_file", type=click.Path(path_type=Path))
+@model_options
+@click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results here as they complete (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(("text", "jsonl", "csv")), default="text", show_default=True,
+              help="text is the seed's format; a jsonl row holds index, prompt, response, model, "
+                   "backend, variant, params, new_tokens and seconds.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Prompts generated together.")
+@click.option("--append", is_flag=True, help="Add to an existing output file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@generation_options
+def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file: Path | None, fmt: str,
+          batch_size: int, append: bool, overwrite: bool, **kwargs: Any) -> None:
+    """Run every non-empty line of PROMPT_FILE through a model."""
+    from chatbot_llm.batchio import check_prompt_file, output_stream
+
+    if append and overwrite:
+        raise UsageError("--append and --overwrite contradict each other; pick one")
+    generation_args = split_generation_args(kwargs)
+    total = check_prompt_file(prompt_file)
+    with output_stream(output_file, append, overwrite) as (out, has_records):
+        generator, config = load_model(model, backend, variant, generation_args)
+        done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file)
+    if output_file is not None:
+        err.print(f"{done} results written to {output_file}")
+
+
+def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chatbot_llm.batchio import format_record, read_prompts, write_record
+
+    params = config.to_dict()
+    done = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err, transient=False) as progress:
+            task = progress.add_task("prompts", total=total)
+            for chunk in _chunks(read_prompts(prompt_file), batch_size):
+                numbers = [n for n, _ in chunk]
+                completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
+                for number, completion in zip(numbers, completions):
+                    row = {
+                        "index": number,
+                        "prompt": completion.prompt,
+                        "response": completion.response,
+                        "model": generator.model_name,
+                        "backend": generator.backend,
+                        "variant": generator.variant,
+                        "params": params,
+                        "new_tokens": len(completion.tokens),
+                        "prompt_tokens": completion.prompt_tokens,
+                        "finish_reason": completion.finish_reason,
+                        "seconds": round(completion.seconds, 4),
+                    }
+                    write_record(out, format_record(fmt, row, header=(fmt == "csv" and not has_records)))
+                    has_records = True
+                    done += 1
+                progress.advance(task, len(chunk))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {done} of {total} prompts written to {output_file or 'standard output'}")
+        sys.exit(130)
+    return done
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
