@@ -10,9 +10,11 @@ else the source checkout this package was installed from, else the current direc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -112,13 +114,43 @@ def ensure_export(ref: ModelRef, variant: str, on_stage: Callable[[str], None], 
     if status.ok and not force:
         return export_dir
     if ref.checkpoint is None:
-        raise UsageError(f"{export_dir} is {status.describe()}, and no checkpoint is known to re-export it from")
+        raise UsageError(
+            f"{export_dir} is {status.describe()}; re-export it from its checkpoint with: "
+            f"chatbot-llm export CHECKPOINT_FOLDER --variant {variant} --force"
+        )
     from chatbot_llm.export.pipeline import export_checkpoint
 
-    if status.state != "missing" and not force:
-        on_stage(f"re-exporting {ref.name}/{variant}: export is {status.describe()}")
-    export_checkpoint(ref.checkpoint, export_dir, variant, name=ref.name, on_stage=on_stage)
+    with export_lock(ref.export_root, variant, on_stage):
+        status = ref.status(variant)  # another process may have exported it while this one waited
+        if status.ok and not force:
+            return export_dir
+        if status.state != "missing" and not force:
+            on_stage(f"re-exporting {ref.name}/{variant}: export is {status.describe()}")
+        export_checkpoint(ref.checkpoint, export_dir, variant, name=ref.name, on_stage=on_stage)
     return export_dir
+
+
+@contextlib.contextmanager
+def export_lock(export_root: Path, variant: str, on_stage: Callable[[str], None]):
+    """One exporter per model and variant at a time; a second process waits, then reuses the export.
+
+    An flock is released by the kernel when its holder dies, so a killed export never blocks the next.
+    """
+    import fcntl
+
+    export_root.mkdir(parents=True, exist_ok=True)
+    with open(export_root / f".{variant}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_stage(f"waiting for another process exporting {export_root.name}/{variant}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        for leftover in export_root.glob(f".{variant}.partial-*"):  # from an export that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def model_defaults(ref: ModelRef) -> dict:

@@ -59,6 +59,35 @@ def fingerprint(folder: Path, known: dict[str, Any] | None = None) -> dict[str, 
     return {"sha256": combined.hexdigest(), "files": files}
 
 
+VERIFIED = ".verified.json"
+
+
+def onnx_hash_matches(onnx: Path, expected: str | None) -> bool:
+    """model.onnx's sha256 against the manifest's, read in full only when the file changed on disk.
+
+    A hash once verified is remembered with the file's size, mtime and inode (in .verified.json), so
+    an unchanged export starts with a few stat calls; any rewrite of the file changes its mtime and
+    gets it hashed again.
+    """
+    if not expected:
+        return False
+    stat = onnx.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "sha256": expected}
+    stamp = onnx.parent / VERIFIED
+    try:
+        if json.loads(stamp.read_text()) == key:
+            return True
+    except (OSError, ValueError):
+        pass
+    if sha256_file(onnx) != expected:
+        return False
+    try:
+        stamp.write_text(json.dumps(key))
+    except OSError:  # a read-only export folder is verified at every load instead
+        pass
+    return True
+
+
 @dataclass
 class ExportStatus:
     state: str  # "ok", "missing", "stale" or "corrupt"
@@ -102,6 +131,9 @@ def check_export(export_dir: Path, checkpoint: Path | None, variant: str) -> Exp
     if onnx.stat().st_size != recorded.get("size"):
         return ExportStatus("corrupt", f"{MODEL_FILE} is {onnx.stat().st_size} bytes, the manifest says "
                             f"{recorded.get('size')}", manifest)
+    if not onnx_hash_matches(onnx, recorded.get("sha256")):
+        return ExportStatus("corrupt", f"{MODEL_FILE} does not match the sha256 in its manifest (altered or "
+                            "damaged)", manifest)
     if manifest.get("variant") != variant:
         return ExportStatus("corrupt", f"manifest is for variant {manifest.get('variant')!r}", manifest)
     if checkpoint is not None:
