@@ -106,6 +106,84 @@ def output_stream(path: Path | None, append: bool, overwrite: bool) -> Iterator[
     stream.close()
 
 
+def _records(path: Path, fmt: str) -> Iterator[tuple[int | None, str, int]]:
+    """(line number or None, prompt, byte offset where the record ends) for each whole record.
+
+    Read line by line in binary, so a long output never sits in memory. A record cut short by a
+    kill is not yielded; the caller truncates the file at the last whole record's end.
+    """
+    offset, pending, start_line = 0, [], True
+    with open(path, "rb") as f:
+        for raw in f:
+            offset += len(raw)
+            if not raw.endswith(b"\n"):
+                return  # the last line was cut short
+            if fmt == "jsonl":
+                try:
+                    row = json.loads(raw)
+                    yield int(row["index"]), str(row["prompt"]), offset
+                except (ValueError, KeyError, TypeError):
+                    return
+            elif fmt == "text":
+                pending.append(raw.decode("utf-8", "replace"))
+                if raw.rstrip(b"\r\n") == SEPARATOR.encode():
+                    first = pending[0]
+                    if not first.startswith(" Prompt: "):
+                        return
+                    yield None, first[len(" Prompt: "):].rstrip("\n"), offset
+                    pending = []
+            else:  # csv: a record may span lines inside quotes; it is whole once its quotes balance
+                pending.append(raw.decode("utf-8", "replace"))
+                text = "".join(pending)
+                if text.count('"') % 2:
+                    continue
+                pending = []
+                if start_line:  # the header
+                    start_line = False
+                    if text.rstrip("\r\n") == ",".join(CSV_FIELDS):
+                        yield -1, "", offset
+                        continue
+                    return
+                fields = next(csv.reader(io.StringIO(text)), [])
+                if len(fields) != len(CSV_FIELDS):
+                    return
+                row = dict(zip(CSV_FIELDS, fields))
+                try:
+                    yield int(row["index"]), row["prompt"], offset
+                except ValueError:
+                    return
+
+
+def resume_point(output: Path, fmt: str, prompt_file: Path) -> tuple[int, bool]:
+    """For --resume: how many prompts the output already holds, and whether it holds a CSV header.
+
+    Records are written in prompt order, so the output must start with the prompt file's first
+    prompts, record for record (line number and prompt text); a different file is refused. A last
+    record cut short by a kill is cut off, so the rerun writes it again, whole.
+    """
+    output = Path(output)
+    if not output.is_file() or output.stat().st_size == 0:
+        return 0, False
+    prompts = read_prompts(prompt_file)
+    done, header, end = 0, False, 0
+    for number, prompt, offset in _records(output, fmt):
+        if number == -1:
+            header, end = True, offset
+            continue
+        expected = next(prompts, None)
+        if expected is None or (number is not None and number != expected[0]) or prompt != expected[1]:
+            where = f"line {expected[0]}" if expected else "the end of the prompt file"
+            raise UsageError(
+                f"--resume: {output} does not match {prompt_file} at record {done + 1} ({where}); "
+                f"it was written from another prompt file or format; use --overwrite to start again"
+            )
+        done, end = done + 1, offset
+    if end < output.stat().st_size:
+        with open(output, "r+b") as f:
+            f.truncate(end)
+    return done, header or (fmt != "csv" and done > 0)
+
+
 def format_record(fmt: str, row: dict[str, Any], header: bool) -> str:
     if fmt == "text":
         return f" Prompt: {row['prompt']}\n Response: {row['response']}\n{SEPARATOR}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,24 +124,33 @@ def _print_params(config: GenerationConfig) -> None:
               help="Prompts generated together.")
 @click.option("--append", is_flag=True, help="Add to an existing output file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--resume", is_flag=True,
+              help="Continue a run that was stopped: skip the prompts already in --output-file.")
 @generation_options
 def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file: Path | None, fmt: str,
-          batch_size: int, append: bool, overwrite: bool, **kwargs: Any) -> None:
+          batch_size: int, append: bool, overwrite: bool, resume: bool, **kwargs: Any) -> None:
     """Run every non-empty line of PROMPT_FILE through a model."""
-    from chatbot_llm.batchio import check_prompt_file, output_stream
+    from chatbot_llm.batchio import check_prompt_file, output_stream, resume_point
 
-    if append and overwrite:
-        raise UsageError("--append and --overwrite contradict each other; pick one")
+    if sum((append, overwrite, resume)) > 1:
+        raise UsageError("--append, --overwrite and --resume contradict each other; pick one")
+    if resume and output_file is None:
+        raise UsageError("--resume needs the --output-file of the run to continue")
     generation_args = split_generation_args(kwargs)
     total = check_prompt_file(prompt_file)
-    with output_stream(output_file, append, overwrite) as (out, has_records):
+    skip, has_header = resume_point(output_file, fmt, prompt_file) if resume else (0, False)
+    if skip:
+        err.print(f"resuming: {skip} of {total} prompts are already in {output_file}")
+    with output_stream(output_file, append or resume, overwrite) as (out, has_records):
         generator, config = load_model(model, backend, variant, generation_args)
-        done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file)
+        done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size,
+                          has_records if not resume else has_header, output_file, skip)
     if output_file is not None:
         err.print(f"{done} results written to {output_file}")
 
 
-def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file) -> int:
+def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file,
+               skip: int = 0) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from chatbot_llm.batchio import format_record, read_prompts, write_record
@@ -150,11 +160,17 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, console=err, transient=False) as progress:
-            task = progress.add_task("prompts", total=total)
-            for chunk in _chunks(read_prompts(prompt_file), batch_size):
+            task = progress.add_task("prompts", total=total, completed=skip)
+            # A resumed run starts at the first chunk boundary before the first missing prompt and
+            # regenerates that chunk whole (writing only the missing rows): each prompt then sits in
+            # the same batch as in an uninterrupted run, so even sampled outputs come out the same.
+            first = skip - skip % batch_size
+            for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), batch_size):
                 numbers = [n for n, _ in chunk]
                 completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
-                for number, completion in zip(numbers, completions):
+                for ordinal, (number, completion) in enumerate(zip(numbers, completions), start=first):
+                    if ordinal < skip:
+                        continue
                     row = {
                         "index": number,
                         "prompt": completion.prompt,
@@ -171,9 +187,11 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
                     write_record(out, format_record(fmt, row, header=(fmt == "csv" and not has_records)))
                     has_records = True
                     done += 1
-                progress.advance(task, len(chunk))
+                progress.advance(task, len(chunk) - max(0, skip - first))
+                first += len(chunk)
     except KeyboardInterrupt:
-        err.print(f"interrupted: {done} of {total} prompts written to {output_file or 'standard output'}")
+        err.print(f"interrupted: {skip + done} of {total} prompts are in {output_file or 'standard output'}"
+                  + (" (continue with --resume)" if output_file else ""))
         sys.exit(130)
     return done
 
