@@ -69,7 +69,7 @@ class TextGenerator:
         ``max(context - budget, context // 2)`` tokens: the reply gets its budget where it can,
         and the prompt keeps at least half the context where it cannot.
         """
-        ids = self.tokenizer.encode(prompt).ids or [self.eos_token_id]
+        ids = self.tokenizer.encode(valid_text(prompt)).ids or [self.eos_token_id]
         budget = config.new_tokens_for(len(ids))
         keep = max(self.context_length - budget, self.context_length // 2)
         if len(ids) > keep:
@@ -87,6 +87,7 @@ class TextGenerator:
         stream_keys: Sequence[int] | None = None,
         on_text: TextCallback | None = None,
     ) -> list[Completion]:
+        prompts = [valid_text(p) for p in prompts]
         encoded = [self.encode(p, config) for p in prompts]
         on_token = None
         if on_text is not None:
@@ -109,6 +110,15 @@ class TextGenerator:
             )
             for prompt, ids, r in zip(prompts, encoded, results)
         ]
+
+
+def valid_text(text: str) -> str:
+    """Text with each lone surrogate replaced by U+FFFD (and split pairs joined).
+
+    Python hands such strings over when a terminal or argv carries bytes that are not UTF-8
+    (surrogateescape); the tokenizer and UTF-8 output files cannot take them.
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _preview(text: str, width: int = 40) -> str:
