@@ -38,6 +38,13 @@ class TorchBaseline:
         except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError, safetensors errors
             raise UsageError(f"cannot load {checkpoint} with transformers: {str(exc).splitlines()[0]}") from None
         self.eos, self.context_length = eos_token_id, context_length
+        # generate() fills "default-valued" fields of the config it is given from the model's own
+        # generation_config.json (so do_sample=False would turn back into the model's True). The
+        # model's defaults are already resolved into our GenerationConfig, so it gets a blank one.
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        self.model.generation_config = HFGenerationConfig(eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+                                                          bos_token_id=eos_token_id)
 
     def _generation_config(self, config: GenerationConfig, max_new_tokens: int):
         from transformers import GenerationConfig as HFGenerationConfig

@@ -64,6 +64,8 @@ def test_training_lowers_heldout_loss_and_writes_a_usable_checkpoint(trained):
     for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
                  "generation_config.json", "README.md"):
         assert (trained / name).is_file(), name
+    defaults = json.loads((trained / "generation_config.json").read_text())
+    assert defaults["temperature"] == 1.7 and defaults["top_k"] == 500  # a new model starts from the seed's
     card = (trained / "README.md").read_text()
     assert f"{results['heldout_perplexity']:.2f}" in card and results["recipe"]["corpus_sha256"] in card
     assert "chatbot-llm train" in card

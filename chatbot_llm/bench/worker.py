@@ -73,9 +73,11 @@ class TorchRunner:
             torch.set_num_threads(threads)
         self.torch = torch
         self.model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
-        # EOS does not stop a row here, as in the other runners
-        self.model.generation_config.eos_token_id = None
-        self.model.generation_config.pad_token_id = 50256
+        # EOS does not stop a row here, as in the other runners; and a blank config, or generate() would
+        # fill our greedy settings from the model's generation_config.json
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=50256)
 
     def run(self, prompts, new_tokens):
         torch = self.torch

@@ -347,7 +347,9 @@ def _save_model(model, out: Path, save_dtype: str) -> None:
     import torch
     from transformers import GenerationConfig, GPT2TokenizerFast
 
-    model.to(getattr(torch, save_dtype)).save_pretrained(str(out), safe_serialization=True)
+    defaults = out / "generation_config.json"
+    chosen = defaults.read_text() if defaults.exists() else None  # kept: defaults chosen for this model
+    model.to(getattr(torch, save_dtype)).save_pretrained(str(out), safe_serialization=True)  # rewrites it
     model.to(torch.float32)
     bundled = bundled_tokenizer_dir()
     for name in ("vocab.json", "merges.txt"):
@@ -356,7 +358,8 @@ def _save_model(model, out: Path, save_dtype: str) -> None:
     GPT2TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token="<|endoftext|>",
                       bos_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(
         str(out), legacy_format=False)
-    existing = out / "generation_config.json"
-    if not existing.exists():  # keep defaults chosen for a model; a new one starts from the seed's
+    if chosen is not None:
+        defaults.write_text(chosen)
+    else:  # a new model starts from the seed's defaults
         GenerationConfig(bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
                          **{k: v for k, v in SEED_DEFAULTS.items() if k != "seed" and v is not None}).save_pretrained(str(out))
