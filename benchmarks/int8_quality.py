@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatbot_llm.bench.run import agreement
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.models import load_text_generator
 from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir, load_tokenizer
@@ -62,12 +63,11 @@ def main() -> None:
     for variant in VARIANTS:
         generator = load_text_generator(str(args.folder), "onnx", variant)
         tokens = [c.tokens for c in generator.generate(prompts, greedy)]
-        prefix = [next((i for i, (a, b) in enumerate(zip(t, r)) if a != b), min(len(t), len(r))) / max(1, len(r))
-                  for t, r in zip(tokens, reference)]
+        agree = agreement(tokens, reference)
         report["variants"][variant] = {
             "heldout_perplexity": perplexity(generator.model, chunks),
-            "greedy_rows_identical": sum(p == 1 for p in prefix),
-            "greedy_mean_prefix_share": sum(prefix) / len(prefix),
+            "greedy_rows_identical": agree["rows_identical"],
+            "greedy_mean_prefix_share": agree["mean_prefix_share"],
         }
     fp32 = report["variants"]["fp32"]["heldout_perplexity"]
     for variant, figures in report["variants"].items():
