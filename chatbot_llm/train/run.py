@@ -97,20 +97,16 @@ def bf16_supported() -> bool:
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
-def build_model(size: str | None, init_from: Path | None, block_size: int | None):
+def build_model(size: str | None, init_from: Path | None, context: int):
+    """A new GPT-2 of this size and context, or the --from checkpoint (already checked by _context_of)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if init_from is not None:
-        from chatbot_llm.export.pipeline import check_checkpoint
-
-        check_checkpoint(init_from)
         try:
             return GPT2LMHeadModel.from_pretrained(str(init_from), local_files_only=True, dtype="float32")
         except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError, safetensors errors
             raise UsageError(f"--from {init_from} cannot be loaded: {str(exc).splitlines()[0]}") from None
-    shape = dict(SIZES[size])
-    if block_size:
-        shape["n_positions"] = max(shape["n_positions"], block_size)
+    shape = {**SIZES[size], "n_positions": context}
     config = GPT2Config(vocab_size=50257, bos_token_id=EOS_ID, eos_token_id=EOS_ID, **shape)
     return GPT2LMHeadModel(config)
 
@@ -226,7 +222,7 @@ def train(
     on_stage(f"read {corpus_path}: {corpus.records:,} records, {corpus.train_tokens:,} training tokens")
     on_stage("building the model")
     transformers.set_seed(seed)  # the init draws from torch's global stream, before the Trainer seeds it
-    model = build_model(size, init_from, block_size)
+    model = build_model(size, init_from, context)
     use_bf16 = bf16_supported() if bf16 is None else bf16
 
     args = TrainingArguments(
