@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from chatbot_llm.export.manifest import check_export
 from chatbot_llm.models import resolve_model
 from tests.conftest import error_lines, make_checkpoint, run_cli
@@ -23,14 +25,31 @@ def _flip_a_byte(path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime: only the hash knows
 
 
-def test_an_altered_model_of_the_same_size_is_corrupt(exports, tmp_path):
+@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.data"])
+def test_an_altered_model_or_weights_file_of_the_same_size_is_corrupt(exports, tmp_path, name):
     copy = tmp_path / "opt"
     shutil.copytree(exports["opt"], copy)
     assert check_export(copy, None, "opt").ok
-    _flip_a_byte(copy / "model.onnx")
-    (copy / ".verified.json").unlink()
+    _flip_a_byte(copy / name)
+    (copy / ".verified.json").unlink()  # an edit that even restores the mtime is caught only by hashing
     status = check_export(copy, None, "opt")
-    assert status.state == "corrupt" and "sha256" in status.reason
+    assert status.state == "corrupt" and name in status.reason and "sha256" in status.reason
+
+
+def test_a_missing_weights_file_is_corrupt(exports, tmp_path):
+    copy = tmp_path / "int8"
+    shutil.copytree(exports["int8"], copy)
+    (copy / "model.onnx.data").unlink()
+    status = check_export(copy, None, "int8")
+    assert status.state == "corrupt" and "model.onnx.data is missing" in status.reason
+
+
+def test_an_export_is_as_readable_as_its_parent_folder(exports):
+    """Exports are shared between users of a machine: not left with mkdtemp's private 0700."""
+    folder = exports["int8"]
+    assert folder.stat().st_mode & 0o777 == folder.parent.stat().st_mode & 0o777
+    data = folder / "model.onnx.data"
+    assert data.stat().st_mode & 0o777 == (folder / "model.onnx").stat().st_mode & 0o777
 
 
 def test_a_corrupt_export_folder_gets_one_line_saying_how_to_re_export(exports, tmp_path):

@@ -35,8 +35,9 @@ def export(model: str, variant: str, force: bool) -> None:
         with err.status(f"exporting {ref.name} ({name})") as spinner:
             folder = ensure_export(ref, name, on_stage=lambda s, name=name: spinner.update(f"{ref.name} ({name}): {s}"),
                                    force=force)
-        parity = json.loads((folder / "manifest.json").read_text())["parity"]
-        size = (folder / "model.onnx").stat().st_size / 1e6
+        manifest = json.loads((folder / "manifest.json").read_text())
+        parity, files = manifest["parity"], manifest["onnx"]
+        size = (files["size"] + sum(d["size"] for d in files.get("data", {}).values())) / 1e6
         click.echo(
             f"{folder}: exported in {time.perf_counter() - started:.1f}s, {size:.1f} MB; "
             f"max |delta logits| vs PyTorch {parity['max_abs_logits_delta']:.2e}, "

@@ -62,30 +62,69 @@ def fingerprint(folder: Path, known: dict[str, Any] | None = None) -> dict[str, 
 VERIFIED = ".verified.json"
 
 
-def onnx_hash_matches(onnx: Path, expected: str | None) -> bool:
-    """model.onnx's sha256 against the manifest's, read in full only when the file changed on disk.
+def file_matches(path: Path, expected: str | None) -> bool:
+    """A file's sha256 against the manifest's, read in full only when the file changed on disk.
 
-    A hash once verified is remembered with the file's size, mtime and inode (in .verified.json), so
-    an unchanged export starts with a few stat calls; any rewrite of the file changes its mtime and
-    gets it hashed again.
+    A hash once verified is remembered with the file's size, mtime and inode (in .verified.json,
+    per file name), so an unchanged export starts with a few stat calls; any rewrite of the file
+    changes its mtime and gets it hashed again.
     """
     if not expected:
         return False
-    stat = onnx.stat()
+    stat = path.stat()
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "sha256": expected}
-    stamp = onnx.parent / VERIFIED
+    stamp = path.parent / VERIFIED
     try:
-        if json.loads(stamp.read_text()) == key:
-            return True
+        stamps = json.loads(stamp.read_text())
+        stamps = stamps if isinstance(stamps, dict) else {}
     except (OSError, ValueError):
-        pass
-    if sha256_file(onnx) != expected:
+        stamps = {}
+    if stamps.get(path.name) == key:
+        return True
+    if sha256_file(path) != expected:
         return False
     try:
-        stamp.write_text(json.dumps(key))
+        stamp.write_text(json.dumps({**stamps, path.name: key}))
     except OSError:  # a read-only export folder is verified at every load instead
         pass
     return True
+
+
+def external_data_files(model_path: Path) -> list[str]:
+    """The files a model.onnx keeps its weights in besides itself (ONNX external data), by name."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    names = {
+        entry.value
+        for tensor in graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return sorted(names)
+
+
+def model_files_entry(model_path: Path) -> dict[str, Any]:
+    """The manifest's "onnx" entry: model.onnx, and its external data files, with sizes and hashes."""
+    entry: dict[str, Any] = {"file": model_path.name, "size": model_path.stat().st_size,
+                             "sha256": sha256_file(model_path)}
+    data = {name: {"size": (model_path.parent / name).stat().st_size, "sha256": sha256_file(model_path.parent / name)}
+            for name in external_data_files(model_path)}
+    if data:
+        entry["data"] = data
+    return entry
+
+
+def _check_file(path: Path, size: Any, sha256: Any) -> str:
+    """Why this file of an export does not match its manifest, or "" when it does."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if path.stat().st_size != size:
+        return f"{path.name} is {path.stat().st_size} bytes, the manifest says {size}"
+    if not file_matches(path, sha256):
+        return f"{path.name} does not match the sha256 in its manifest (altered or damaged)"
+    return ""
 
 
 @dataclass
@@ -124,16 +163,12 @@ def check_export(export_dir: Path, checkpoint: Path | None, variant: str) -> Exp
         manifest = read_manifest(export_dir)
     except UsageError as exc:
         return ExportStatus("corrupt", str(exc))
-    onnx = export_dir / MODEL_FILE
     recorded = manifest.get("onnx", {})
-    if not onnx.is_file():
-        return ExportStatus("corrupt", f"{MODEL_FILE} is missing", manifest)
-    if onnx.stat().st_size != recorded.get("size"):
-        return ExportStatus("corrupt", f"{MODEL_FILE} is {onnx.stat().st_size} bytes, the manifest says "
-                            f"{recorded.get('size')}", manifest)
-    if not onnx_hash_matches(onnx, recorded.get("sha256")):
-        return ExportStatus("corrupt", f"{MODEL_FILE} does not match the sha256 in its manifest (altered or "
-                            "damaged)", manifest)
+    files = {MODEL_FILE: recorded, **recorded.get("data", {})}
+    for name, entry in files.items():
+        problem = _check_file(export_dir / name, entry.get("size"), entry.get("sha256"))
+        if problem:
+            return ExportStatus("corrupt", problem, manifest)
     if manifest.get("variant") != variant:
         return ExportStatus("corrupt", f"manifest is for variant {manifest.get('variant')!r}", manifest)
     if checkpoint is not None:

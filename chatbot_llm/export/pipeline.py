@@ -33,13 +33,15 @@ from chatbot_llm.export.manifest import (
     MODEL_FILE,
     WEIGHT_FILES,
     check_export,
+    external_data_files,
     fingerprint,
-    sha256_file,
+    model_files_entry,
 )
 from chatbot_llm.runtime.onnx_model import read_model_config
 from chatbot_llm.runtime.tokenizer import load_tokenizer
 
 VARIANTS = ("fp32", "opt", "int8")
+DATA_FILE = MODEL_FILE + ".data"
 # fp32 and opt fail the export when max |delta logits| > PARITY_RTOL * max(1, max |logits|)
 PARITY_RTOL = 1e-3
 TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
@@ -87,6 +89,9 @@ def export_checkpoint(
     checkpoint, export_dir = Path(checkpoint).resolve(), Path(export_dir)
     config = check_checkpoint(checkpoint)
     _require_export_extra()
+    import onnx
+
+    from chatbot_llm.export import graph
     from chatbot_llm.export.parity import measure_parity
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
@@ -97,14 +102,23 @@ def export_checkpoint(
     try:
         raw = _fp32_graph(checkpoint, export_dir.parent / "fp32", variant, work / "optimum", on_stage)
         model_path = work / MODEL_FILE
-        if variant == "fp32":
-            shutil.move(str(raw), model_path)  # variant fp32 always exports afresh into scratch
+        if variant == "fp32":  # variant fp32 always exports afresh into scratch
+            for name in external_data_files(raw):  # Optimum's, for a model over 2 GB
+                shutil.move(str(raw.parent / name), work / name)
+            shutil.move(str(raw), model_path)
         else:
             on_stage("fusing with ONNX Runtime's gpt2 transformer optimizer")
-            _fuse(raw, model_path, config, fold_constants=variant == "int8")
+            model = _fuse(raw, config, fold_constants=variant == "int8")
             if variant == "int8":
                 on_stage("quantizing weights to int8 (MatMulNBits)")
-                _quantize_int8(model_path)
+                model = _quantize_int8(model)
+            else:
+                graph.tied_lm_head(model)
+            # weights in a file beside the graph: onnxruntime maps it instead of reading it into memory,
+            # which keeps the original weights out of the resident set once they are prepacked
+            onnx.save_model(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=DATA_FILE, size_threshold=1024)
+            shutil.copymode(model_path, work / DATA_FILE)  # onnx writes it private (0600)
         shutil.rmtree(work / "optimum", ignore_errors=True)
         _write_side_files(checkpoint, work, config)
         on_stage("validating against PyTorch")
@@ -168,12 +182,15 @@ def _optimum_export(checkpoint: Path, out: Path) -> Path:
     return out / MODEL_FILE
 
 
-def _fuse(src: Path, dst: Path, config: dict[str, Any], fold_constants: bool) -> None:
+def _fuse(src: Path, config: dict[str, Any], fold_constants: bool) -> "onnx.ModelProto":
     from onnxruntime.transformers.optimizer import optimize_model
 
-    # opt_level 0 keeps the graph provider-independent and small: the tied embedding reaches lm_head
-    # through a Transpose that the session folds at load. int8 folds it here (opt_level 1), so that
-    # lm_head has a constant weight MatMulNBits can quantize: the largest matmul of the model.
+    from chatbot_llm.export import graph
+
+    # opt_level 0 keeps the graph provider-independent and small (opt then reads the tied embedding
+    # in lm_head through FusedMatMul, see graph.tied_lm_head). int8 folds the Transpose here
+    # (opt_level 1), so that lm_head has a constant weight MatMulNBits can quantize: the largest
+    # matmul of the model.
     optimized = optimize_model(
         str(src),
         model_type="gpt2",
@@ -181,21 +198,24 @@ def _fuse(src: Path, dst: Path, config: dict[str, Any], fold_constants: bool) ->
         hidden_size=config["n_embd"],
         opt_level=1 if fold_constants else 0,
     )
-    optimized.save_model_to_file(str(dst))
+    model = optimized.model
+    graph.keep_last_logits(model)
+    return model
 
 
-def _quantize_int8(path: Path) -> None:
-    import logging
-
-    import onnx
+def _quantize_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    from chatbot_llm.export import graph
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    graph.gemm_to_matmul(model)  # attention's output projection, else left in float32
     # accuracy_level 4: int8 activations, quantized per row block, so rows stay independent
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
     quantizer.process()
-    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+    model = quantizer.model.model
+    graph.shared_int8_embedding(model)
+    return model
 
 
 def _write_side_files(checkpoint: Path, work: Path, config: dict[str, Any]) -> None:
@@ -222,7 +242,7 @@ def _manifest(name, variant, checkpoint, source, model_path, parity, config) -> 
         "variant": variant,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {"path": str(checkpoint), **source},
-        "onnx": {"file": MODEL_FILE, "size": model_path.stat().st_size, "sha256": sha256_file(model_path)},
+        "onnx": model_files_entry(model_path),
         "opset": opset,
         "model": {k: config.get(k) for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")},
         "tools": {"chatbot-llm": __version__, **{t: _version(t) for t in TOOLS}},
@@ -232,6 +252,7 @@ def _manifest(name, variant, checkpoint, source, model_path, parity, config) -> 
 
 def _move_into_place(work: Path, export_dir: Path) -> None:
     """Replace export_dir with work; at every moment export_dir is complete or absent."""
+    os.chmod(work, export_dir.parent.stat().st_mode & 0o777)  # not mkdtemp's private 0700
     old = None
     if export_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.old-", dir=export_dir.parent))

@@ -69,6 +69,8 @@ class OnnxCausalLM:
         first = inputs[self.past_names[0]]
         self.num_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.past_dtype = _ORT_DTYPES[first.type]
+        # opt and int8 exports compute logits for the last position only when asked (export/graph.py)
+        self.last_only = {"logits_to_keep": np.ones(1, np.int64)} if "logits_to_keep" in inputs else {}
         self.output_names = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
 
     def empty_cache(self, batch: int) -> KVCache:
@@ -81,6 +83,7 @@ class OnnxCausalLM:
         """Logits of the last position of each row (float32), and the cache grown by the new tokens."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feeds.update(zip(self.past_names, cache.tensors))
+        feeds.update(self.last_only)
         logits, *present = self.session.run(self.output_names, feeds)
         return np.array(logits[:, -1, :], dtype=np.float32), KVCache(present)
 
