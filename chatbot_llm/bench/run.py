@@ -165,6 +165,7 @@ def run_bench(ref, backends: list[str], batch_sizes: list[int], prompt_tokens: i
             size: tps / torch["throughput"]["1"] for size, tps in result["throughput"].items()
         } if "1" in torch["throughput"] else {}
         result["rss_vs_torch"] = result["peak_rss_mb"] / torch["peak_rss_mb"]
+        result["rss_all_vs_torch"] = result["peak_rss_all_mb"] / torch["peak_rss_all_mb"]
         result["greedy_agreement"] = agreement(outputs[name][largest], outputs["torch"][largest])
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": str(folder),
             "machine": machine(), "settings": settings, "results": results}

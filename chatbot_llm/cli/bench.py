@@ -72,6 +72,8 @@ def bench(model: str | None, shape: str | None, backends: str, batch_sizes: str,
                            on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend)
         bar.update(task, completed=len(names), description="done")
     console = Console()
+    if not console.is_terminal:  # piped or logged: no terminal width to wrap the wide table into
+        console = Console(width=200)
     console.print(table(report))
     for line in summary_lines(report):
         console.print(line)
