@@ -105,3 +105,21 @@ def test_weights_that_do_not_match_the_config(tmp_path, tiny_checkpoint):
         pipeline.export_checkpoint(folder, tmp_path / "out" / "fp32", "fp32", name="mismatch")
     assert not (tmp_path / "out" / "fp32").exists()
     assert not [p for p in (tmp_path / "out").iterdir() if ".partial-" in p.name]
+
+
+def test_an_export_made_by_an_older_recipe_is_redone(tmp_path):
+    """A new chatbot-llm that exports better graphs re-exports old ones on first use, once."""
+    from chatbot_llm.export.manifest import RECIPE
+
+    checkpoint = make_checkpoint(tmp_path / "old", seed=4)
+    ref = resolve_model(str(checkpoint))
+    manifest_path = ensure_export(ref, "fp32", lambda s: None) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["recipe"] == RECIPE
+    del manifest["recipe"]  # as an export from before recipes were recorded
+    manifest_path.write_text(json.dumps(manifest))
+    status = ref.status("fp32")
+    assert status.state == "stale" and "older chatbot-llm export" in status.reason
+    stages = []
+    ensure_export(ref, "fp32", stages.append)
+    assert any("re-exporting" in s for s in stages) and ref.status("fp32").ok

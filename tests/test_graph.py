@@ -37,14 +37,6 @@ def _initializers(path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_opt_keeps_one_copy_of_the_tied_embedding(exports):
-    graph = onnx.load(str(exports["opt"] / "model.onnx")).graph
-    head = next(n for n in graph.node if "logits" in n.output)
-    assert head.op_type == "FusedMatMul"
-    tables = [a for a in _initializers(exports["opt"] / "model.onnx").values() if a.shape[:1] == (50257,)]
-    assert len(tables) == 1  # no transposed second copy for the session to fold at load
-
-
 def test_int8_has_no_float_weight_matrix_left_but_the_position_table(exports):
     graph = onnx.load(str(exports["int8"] / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}

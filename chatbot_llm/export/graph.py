@@ -7,8 +7,6 @@ holds every variant to the same logits.
   states before lm_head. Generation needs only the last position's logits, so a prefill of a
   20-token prompt no longer runs the largest matmul of the model 20 times, nor allocates
   [batch, 20, 50257] floats; scoring a text (sweep) still asks for all of them.
-- ``tied_lm_head``: lm_head reads the tied embedding through FusedMatMul(transB=1) instead of a
-  Transpose that the session folds into a second 50257 x 768 copy of it at load.
 - ``gemm_to_matmul``: attention's output projection is a Gemm, which weight-only quantization does
   not cover; as MatMul + Add it is quantized like every other projection.
 - ``shared_int8_embedding``: after quantization, the token embedding is read from lm_head's int8
@@ -44,7 +42,7 @@ def _ensure_ms_opset(model: onnx.ModelProto) -> None:
 
 def _lm_head(graph: onnx.GraphProto) -> onnx.NodeProto:
     node = _producer(graph, "logits")
-    if node.op_type not in ("MatMul", "MatMulNBits", "FusedMatMul"):
+    if node.op_type not in ("MatMul", "MatMulNBits"):
         raise ValueError(f"logits come from a {node.op_type}, not lm_head's MatMul")
     return node
 
@@ -68,25 +66,6 @@ def keep_last_logits(model: onnx.ModelProto) -> None:
         "Slice", [hidden, start, "logits_to_keep_end", "logits_to_keep_axis"], [kept], name="logits_to_keep/Slice"
     ))
     head.input[0] = kept
-
-
-def tied_lm_head(model: onnx.ModelProto) -> bool:
-    """MatMul(h, Transpose(wte)) -> FusedMatMul(h, wte, transB=1); False when the graph has no such pair."""
-    graph = model.graph
-    head = _lm_head(graph)
-    if head.op_type != "MatMul":
-        return False
-    source = next((n for n in graph.node if head.input[1] in n.output), None)
-    if source is None or source.op_type != "Transpose" or _initializer(graph, source.input[0]) is None:
-        return False
-    fused = helper.make_node("FusedMatMul", [head.input[0], source.input[0]], list(head.output),
-                             name=head.name + "_tied", domain=MS_DOMAIN, transB=1)
-    graph.node.insert(list(graph.node).index(head), fused)
-    graph.node.remove(head)
-    if not any(source.output[0] in n.input for n in graph.node):
-        graph.node.remove(source)
-    _ensure_ms_opset(model)
-    return True
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> int:

@@ -16,6 +16,11 @@ from chatbot_llm.errors import UsageError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# What the export does to the graph. Bumped when a change to the pipeline makes old exports slower or
+# bigger than new ones: an export of a checkpoint made by an older recipe counts as stale and is
+# redone on first use (an export folder used without its checkpoint keeps working as it is).
+# 2: logits_to_keep, int8 embedding shared with lm_head, attention's Gemm quantized, model.onnx.data.
+RECIPE = 2
 MODEL_FILE = "model.onnx"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 # Everything in a checkpoint folder that changes the exported graph or its tokenizer and defaults.
@@ -174,6 +179,9 @@ def check_export(export_dir: Path, checkpoint: Path | None, variant: str) -> Exp
     if checkpoint is not None:
         if not Path(checkpoint).is_dir():
             return ExportStatus("ok", "", manifest)  # an export shipped without its checkpoint
+        if manifest.get("recipe", 1) < RECIPE:
+            return ExportStatus("stale", f"made by an older chatbot-llm export (recipe {manifest.get('recipe', 1)}, "
+                                f"now {RECIPE})", manifest)
         source = manifest.get("source", {})
         now = fingerprint(Path(checkpoint), known=source)
         if now["sha256"] != source.get("sha256"):
