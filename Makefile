@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODEL ?= dream
 ARGS ?=
 
-.PHONY: setup chat test clean-exports
+.PHONY: setup setup-gpu chat test clean-exports
 .PRECIOUS: checkpoints/%/config.json
 
 # torch goes in first, pinned to the CPU wheel: a looser spec pulled in by another package would
@@ -17,6 +17,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# For --device cuda: onnxruntime-gpu in place of onnxruntime (both provide the onnxruntime module).
+setup-gpu: setup
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
+	$(BIN)/python -c "import onnxruntime as o; print('onnxruntime providers:', o.get_available_providers())"
 
 # MODEL=checkpoints/<shape> (gpt2-124m or tiny) is made on first use: a random-weights GPT-2 of that
 # shape, to try the pipeline before you have a fine-tuned checkpoint of your own.

@@ -29,8 +29,16 @@ if TYPE_CHECKING:
 
 KNOWN_MODELS = {"dream": "dream_gpt2", "email": "email_gpt2"}
 DEFAULT_MODEL = "dream"
-VARIANTS = ("fp32", "opt", "int8")
-DEFAULT_VARIANT = "opt"
+VARIANTS = ("fp32", "opt", "int8", "fp16")
+DEFAULT_VARIANT = "opt"  # on the CPU; on CUDA, fp16
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def default_variant(device: str) -> str:
+    """opt on the CPU, fp16 on CUDA (--device auto: whichever it will run on)."""
+    from chatbot_llm.runtime.device import resolve_device
+
+    return "fp16" if device != "cpu" and resolve_device(device) == "cuda" else DEFAULT_VARIANT
 BACKENDS = ("onnx", "torch")
 
 
@@ -162,11 +170,15 @@ def model_defaults(ref: ModelRef) -> dict:
 def load_text_generator(
     model: str | ModelRef,
     backend: str = "onnx",
-    variant: str = DEFAULT_VARIANT,
+    variant: str | None = None,
     on_stage: Callable[[str], None] = lambda s: None,
     on_warning: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> "TextGenerator":
-    """A model ready to generate text on the chosen backend, exported first if need be."""
+    """A model ready to generate text on the chosen backend and device, exported first if need be.
+
+    variant None: opt on the CPU, fp16 on CUDA.
+    """
     from functools import partial
 
     from chatbot_llm.runtime.generator import generate_ids
@@ -176,6 +188,9 @@ def load_text_generator(
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    variant = variant or default_variant(device)
     if variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
@@ -184,7 +199,7 @@ def load_text_generator(
         on_stage(f"loading {folder}")
         config = read_model_config(folder)
         eos, context = eos_and_context(config)
-        model = OnnxCausalLM(folder / "model.onnx")
+        model = OnnxCausalLM(folder / "model.onnx", device=device, on_stage=on_stage)
         run = partial(generate_ids, model, eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:
@@ -197,7 +212,7 @@ def load_text_generator(
         eos, context = eos_and_context(config)
         on_stage(f"loading {folder} with PyTorch")
         model = None
-        run = TorchBaseline(folder, eos, context).generate_ids
+        run = TorchBaseline(folder, eos, context, device).generate_ids
     extra = {"on_warning": on_warning} if on_warning else {}
     return TextGenerator(
         run,

@@ -23,7 +23,7 @@ from chatbot_llm.runtime.generator import RowResult, TokenCallback, left_pad
 
 
 class TorchBaseline:
-    def __init__(self, checkpoint: Path, eos_token_id: int, context_length: int):
+    def __init__(self, checkpoint: Path, eos_token_id: int, context_length: int, device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import torch
@@ -33,8 +33,14 @@ class TorchBaseline:
                 "--backend torch needs torch and transformers: pip install torch==2.13.0 'chatbot-llm[export]'"
             ) from None
         self.torch = torch
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--backend torch --device cuda: torch {torch.__version__} here has no CUDA "
+                             "(a CPU build, or no NVIDIA driver); use --device cpu")
+        self.device = device
         try:
-            self.model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
+            self.model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval().to(device)
         except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError, safetensors errors
             raise UsageError(f"cannot load {checkpoint} with transformers: {str(exc).splitlines()[0]}") from None
         self.eos, self.context_length = eos_token_id, context_length
@@ -93,8 +99,8 @@ class TorchBaseline:
         started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=torch.from_numpy(ids),
-                attention_mask=torch.from_numpy(mask),
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=torch.from_numpy(mask).to(self.device),
                 generation_config=self._generation_config(config, max(budgets)),
                 streamer=streamer,
             )

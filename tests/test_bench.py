@@ -36,7 +36,7 @@ def test_bench_prints_a_table_of_every_backend(smoke):
 def test_bench_json_holds_every_figure(smoke, tiny_checkpoint):
     _, report, _ = smoke
     assert report["settings"] == {"batch_sizes": [1, 3], "prompt_tokens": 20, "new_tokens": 2, "repeats": 1,
-                                  "threads": None}
+                                  "threads": None, "device": "cpu"}
     assert report["model"] == str(tiny_checkpoint) and report["machine"]["cores"] >= 1
     assert list(report["results"]) == BACKENDS
     for name, figures in report["results"].items():
@@ -59,7 +59,7 @@ def test_bench_plot_is_a_png(smoke):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--backends", "torch,onnx-fp16"], "unknown backend 'onnx-fp16'"),
+        (["--backends", "torch,onnx-int4"], "unknown backend 'onnx-int4'"),
         (["--backends", ","], "--backends is empty"),
         (["--batch-sizes", "1,x"], "whole numbers"),
         (["--batch-sizes", "0"], "at least 1"),

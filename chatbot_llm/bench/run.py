@@ -13,7 +13,8 @@ from typing import Callable
 
 from chatbot_llm.errors import ChatbotError, UsageError
 
-BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8")
+BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-fp16")
+DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8", "cuda": "torch,onnx-fp32,onnx-opt,onnx-fp16"}
 CT2_BACKENDS = ("ct2-int8", "ct2-fp32")
 
 
@@ -144,11 +145,12 @@ def check_fits(ref, prompt_tokens: int, new_tokens: int) -> Path:
 
 def run_bench(ref, backends: list[str], batch_sizes: list[int], prompt_tokens: int, new_tokens: int,
               repeats: int, threads: int | None = None, on_stage: Callable[[str], None] = lambda m: None,
-              on_backend: Callable[[str], None] = lambda b: None) -> dict:
+              on_backend: Callable[[str], None] = lambda b: None, device: str = "cpu") -> dict:
+    """device: "cpu" or "cuda" (already resolved); every backend runs there, the CTranslate2 ones too."""
     folder = check_fits(ref, prompt_tokens, new_tokens)
     prepared = prepare(ref, backends, on_stage)
     settings = {"batch_sizes": batch_sizes, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                "repeats": repeats, "threads": threads}
+                "repeats": repeats, "threads": threads, "device": device}
     results = {}
     for backend in backends:
         on_backend(backend)

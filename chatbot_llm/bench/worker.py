@@ -43,11 +43,11 @@ def bench_prompts(prompt_tokens: int, count: int) -> list[list[int]]:
 
 
 class OnnxRunner:
-    def __init__(self, folder: Path, threads: int | None):
+    def __init__(self, folder: Path, threads: int | None, device: str = "cpu"):
         from chatbot_llm.config import GenerationConfig
         from chatbot_llm.runtime.onnx_model import OnnxCausalLM, eos_and_context, read_model_config
 
-        self.model = OnnxCausalLM(folder / "model.onnx", threads=threads)
+        self.model = OnnxCausalLM(folder / "model.onnx", device=device, threads=threads)
         _, self.context = eos_and_context(read_model_config(folder))
         self.config = GenerationConfig(do_sample=False, repetition_penalty=1.0)
 
@@ -65,14 +65,14 @@ class OnnxRunner:
 
 
 class TorchRunner:
-    def __init__(self, checkpoint: Path, threads: int | None):
+    def __init__(self, checkpoint: Path, threads: int | None, device: str = "cpu"):
         import torch
         from transformers import GPT2LMHeadModel
 
         if threads:
             torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
+        self.torch, self.device = torch, device
+        self.model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval().to(device)
         # EOS does not stop a row here, as in the other runners; and a blank config, or generate() would
         # fill our greedy settings from the model's generation_config.json
         from transformers import GenerationConfig
@@ -80,13 +80,15 @@ class TorchRunner:
         self.model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=50256)
 
     def run(self, prompts, new_tokens):
-        torch = self.torch
+        torch, device = self.torch, self.device
         stamps, started = [], time.perf_counter()
 
         class Stamps:  # a transformers streamer: put() once for the prompt, then once per step
             seen_prompt = False
 
             def put(self, value):
+                if device == "cuda":
+                    torch.cuda.synchronize()  # the step's kernels, not just their launch
                 if self.seen_prompt:
                     stamps.append(time.perf_counter() - started)
                 self.seen_prompt = True
@@ -96,7 +98,8 @@ class TorchRunner:
 
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=torch.tensor(prompts), attention_mask=torch.ones(len(prompts), len(prompts[0]), dtype=torch.long),
+                input_ids=torch.tensor(prompts, device=device),
+                attention_mask=torch.ones(len(prompts), len(prompts[0]), dtype=torch.long, device=device),
                 do_sample=False, max_new_tokens=new_tokens, min_new_tokens=None, streamer=Stamps(),
             )
         return stamps, out[:, len(prompts[0]) :].tolist()
@@ -105,12 +108,12 @@ class TorchRunner:
 class CT2Runner:
     """CTranslate2's Generator on a conversion of the same checkpoint (optional comparator)."""
 
-    def __init__(self, folder: Path, compute_type: str, threads: int | None):
+    def __init__(self, folder: Path, compute_type: str, threads: int | None, device: str = "cpu"):
         import ctranslate2
 
         from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir, load_tokenizer
 
-        self.generator = ctranslate2.Generator(str(folder), device="cpu", compute_type=compute_type,
+        self.generator = ctranslate2.Generator(str(folder), device=device, compute_type=compute_type,
                                                intra_threads=threads or 0)
         self.tokenizer = load_tokenizer(bundled_tokenizer_dir())
 
@@ -130,13 +133,14 @@ class CT2Runner:
 
 
 def make_runner(spec: dict):
-    backend, threads = spec["backend"], spec.get("threads")
+    backend, threads, device = spec["backend"], spec.get("threads"), spec.get("device", "cpu")
     if backend == "torch":
-        return TorchRunner(Path(spec["checkpoint"]), threads)
+        return TorchRunner(Path(spec["checkpoint"]), threads, device)
     if backend.startswith("onnx-"):
-        return OnnxRunner(Path(spec["folder"]), threads)
+        return OnnxRunner(Path(spec["folder"]), threads, device)
     if backend.startswith("ct2-"):
-        return CT2Runner(Path(spec["folder"]), {"ct2-int8": "int8", "ct2-fp32": "float32"}[backend], threads)
+        return CT2Runner(Path(spec["folder"]), {"ct2-int8": "int8", "ct2-fp32": "float32"}[backend], threads,
+                         device)
     raise ValueError(f"unknown backend {backend}")
 
 

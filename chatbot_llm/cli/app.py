@@ -14,7 +14,7 @@ from rich.console import Console
 from chatbot_llm import __version__
 from chatbot_llm.config import PARAMETERS, GenerationConfig, load_toml
 from chatbot_llm.errors import ChatbotError
-from chatbot_llm.models import BACKENDS, DEFAULT_VARIANT, DEFAULT_MODEL, VARIANTS
+from chatbot_llm.models import BACKENDS, DEFAULT_MODEL, DEFAULT_VARIANT, DEVICES, VARIANTS
 
 err = Console(stderr=True, highlight=False)
 
@@ -29,13 +29,21 @@ def warn(message: str) -> None:
 
 # ---------------------------------------------------------------- options shared by commands
 
+device_option = click.option(
+    "--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+    help="Where onnxruntime runs: cpu, cuda (needs the [gpu] extra and an NVIDIA driver), or auto "
+         "(cuda when it is there, else cpu).")
+
+
 def model_options(func: Callable) -> Callable:
     @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                   help="A known name (dream, email), a GPT-2 checkpoint folder, or an export folder.")
     @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
                   help="onnx runs the export; torch runs the checkpoint with transformers (the baseline).")
-    @click.option("--variant", type=click.Choice(VARIANTS), default=DEFAULT_VARIANT, show_default=True,
-                  help="Which export to run: fp32, opt (fused) or int8 (weight-only 8-bit).")
+    @click.option("--variant", type=click.Choice(VARIANTS),
+                  help=f"Which export to run: fp32, opt (fused), int8 (weight-only 8-bit) or fp16 (for GPUs). "
+                       f"Default: {DEFAULT_VARIANT} on the CPU, fp16 on CUDA.")
+    @device_option
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
@@ -79,14 +87,15 @@ def split_generation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
 
 
-def load_model(model: str, backend: str, variant: str, generation_args: dict[str, Any]):
+def load_model(model: str, backend: str, variant: str | None, generation_args: dict[str, Any], device: str = "cpu"):
     """Check the model folder and every generation option first, then load (and export if need be)."""
-    from chatbot_llm.models import load_text_generator, model_defaults, resolve_model
+    from chatbot_llm.models import default_variant, load_text_generator, model_defaults, resolve_model
 
     ref = resolve_model(model)
     config = resolve_generation_config(model_defaults(ref), generation_args)
+    variant = variant or default_variant(device)
     with err.status(f"preparing {ref.name} ({backend}{'' if backend == 'torch' else ', ' + variant})"):
-        generator = load_text_generator(ref, backend, variant, on_stage=stage, on_warning=warn)
+        generator = load_text_generator(ref, backend, variant, on_stage=stage, on_warning=warn, device=device)
     return generator, config
 
 

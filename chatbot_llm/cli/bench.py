@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from chatbot_llm.cli.app import stage, cli, err
+from chatbot_llm.cli.app import cli, device_option, err, stage
 from chatbot_llm.errors import UsageError
 
 
@@ -18,9 +18,10 @@ from chatbot_llm.errors import UsageError
 @click.option("--model", "-m", help="A known name or a checkpoint folder (default: --shape gpt2-124m).")
 @click.option("--shape", type=click.Choice(("gpt2-124m", "tiny")),
               help="Benchmark a random-weights GPT-2 of this shape, built once into checkpoints/.")
-@click.option("--backends", default="torch,onnx-fp32,onnx-opt,onnx-int8", show_default=True,
-              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8 (and ct2-int8, ct2-fp32 when "
-                   "ctranslate2 is installed).")
+@click.option("--backends",
+              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8, onnx-fp16 (and ct2-int8, ct2-fp32 "
+                   "when ctranslate2 is installed). Default: torch,onnx-fp32,onnx-opt,onnx-int8 on the CPU; "
+                   "torch,onnx-fp32,onnx-opt,onnx-fp16 on CUDA.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)
@@ -28,19 +29,30 @@ from chatbot_llm.errors import UsageError
 @click.option("--threads", type=click.IntRange(min=1), help="Threads per backend (default: each one's own).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
-def bench(model: str | None, shape: str | None, backends: str, batch_sizes: str, prompt_tokens: int,
-          new_tokens: int, repeats: int, threads: int | None, json_file: Path | None, plot_file: Path | None) -> None:
+@device_option
+def bench(model: str | None, shape: str | None, backends: str | None, batch_sizes: str, prompt_tokens: int,
+          new_tokens: int, repeats: int, threads: int | None, json_file: Path | None, plot_file: Path | None,
+          device: str) -> None:
     """Speed, memory and agreement of every backend on one checkpoint, each in its own process."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from chatbot_llm.batchio import check_output_path
     from chatbot_llm.bench.report import plot, summary_lines, table
-    from chatbot_llm.bench.run import check_fits, parse_backends, parse_sizes, run_bench
+    from chatbot_llm.bench.run import DEFAULT_BACKENDS, check_fits, parse_backends, parse_sizes, run_bench
     from chatbot_llm.models import project_root, resolve_model
+    from chatbot_llm.runtime.device import resolve_device
 
     if model and shape:
         raise UsageError("give --model or --shape, not both")
-    names, sizes = parse_backends(backends), parse_sizes(batch_sizes)
+    device = resolve_device(device, stage)
+    if device == "cuda" and "torch" in (backends or DEFAULT_BACKENDS[device]).split(","):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"bench --device cuda compares against PyTorch on the same GPU, but torch "
+                             f"{torch.__version__} has no CUDA here; install a CUDA build of torch, or leave "
+                             "torch out of --backends")
+    names, sizes = parse_backends(backends or DEFAULT_BACKENDS[device]), parse_sizes(batch_sizes)
     for option, path in (("--json", json_file), ("--plot", plot_file)):
         if path is not None:
             check_output_path(path, option)
@@ -69,7 +81,8 @@ def bench(model: str | None, shape: str | None, backends: str, batch_sizes: str,
             bar.update(task, description=name)
 
         report = run_bench(ref, names, sizes, prompt_tokens, new_tokens, repeats, threads,
-                           on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend)
+                           on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend,
+                           device=device)
         bar.update(task, completed=len(names), description="done")
     console = Console()
     if not console.is_terminal:  # piped or logged: no terminal width to wrap the wide table into

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from chatbot_llm.cli.app import cli, err
+from chatbot_llm.cli.app import cli, device_option, err
 from chatbot_llm.config import load_toml
 from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
 from chatbot_llm.sweep.metrics import METRICS
@@ -32,16 +32,21 @@ from chatbot_llm.sweep.metrics import METRICS
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Folder for results.jsonl, summary.csv and report.html; a rerun skips finished cells.")
 @click.option("--rank-by", type=click.Choice(list(METRICS)), help="Order the summary best first by this metric.")
-@click.option("--variant", type=click.Choice(VARIANTS), default=DEFAULT_VARIANT, show_default=True)
+@click.option("--variant", type=click.Choice(VARIANTS), help=f"Default: {DEFAULT_VARIANT} on the CPU, fp16 on CUDA.")
+@device_option
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True)
 def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: int, max_new_tokens: int | None,
-          config_file: Path | None, out: Path, rank_by: str | None, variant: str, batch_size: int) -> None:
+          config_file: Path | None, out: Path, rank_by: str | None, variant: str | None, device: str,
+          batch_size: int) -> None:
     """Every combination of a grid of generation parameters, on every model and prompt, side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from chatbot_llm.sweep.report import write_report
     from chatbot_llm.sweep.run import plan_sweep, run_sweep, summarize, write_summary
 
+    from chatbot_llm.runtime.device import resolve_device
+
+    resolve_device(device)  # a missing CUDA provider is one line before any work starts
     names = [m.strip() for m in models.split(",") if m.strip()]
     overrides = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     plan = plan_sweep(names, prompts_file, grid_text, samples, seed, overrides,
@@ -49,7 +54,7 @@ def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: i
     with Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
                   TimeRemainingColumn(), console=err) as bar:
         task = bar.add_task("cells", total=len(plan.cells))
-        rows = run_sweep(plan, batch_size, variant, on_stage=lambda m: bar.console.print(f"[dim]{m}[/dim]"),
+        rows = run_sweep(plan, batch_size, variant, device=device, on_stage=lambda m: bar.console.print(f"[dim]{m}[/dim]"),
                          on_cell=lambda done, total: bar.update(task, completed=done))
     summary = summarize(plan, rows, rank_by)
     write_summary(plan, summary)

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -23,37 +24,52 @@ _PAST_NAME = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for the rows still generating, in the graph's input order."""
+    """Keys and values of every layer for the rows still generating, in the graph's input order.
 
-    tensors: list[np.ndarray]
+    numpy arrays on the CPU; onnxruntime OrtValues where IO binding keeps them on the device.
+    """
+
+    tensors: list[np.ndarray | ort.OrtValue]
 
     @property
     def length(self) -> int:
-        return self.tensors[0].shape[2]
+        first = self.tensors[0]
+        return first.shape[2] if isinstance(first, np.ndarray) else first.shape()[2]
 
     def select(self, rows: np.ndarray) -> "KVCache":
         """Keep only these rows (rows that finished are dropped from the batch)."""
-        return KVCache([t[rows] for t in self.tensors])
+        if isinstance(self.tensors[0], np.ndarray):
+            return KVCache([t[rows] for t in self.tensors])
+        # on the device: a round trip through the host, only on the steps where a row finishes
+        device = self.tensors[0].device_name().lower()
+        return KVCache([ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(t.numpy()[rows]), device, 0)
+                        for t in self.tensors])
 
 
 class OnnxCausalLM:
     """Forward passes of one exported model; the decode loop lives in Generator."""
 
-    def __init__(self, model_path: Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None,
+                 io_binding: bool | None = None, on_stage: Callable[[str], None] = lambda m: None):
+        """device: cpu, cuda or auto. io_binding (default: on CUDA) keeps the KV cache where the
+        session computed it between steps; only the last position's logits come back to the host."""
+        from chatbot_llm.runtime.device import providers_for, resolve_device, started_on
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: load-time notes are not the user's business
         if threads:
             options.intra_op_num_threads = threads
+        providers = providers_for(resolve_device(device, on_stage))
         try:
-            self.session = ort.InferenceSession(
-                str(model_path), options, providers=providers or ["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ChatbotError(
                 f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}; "
                 "re-export it with: chatbot-llm export MODEL --force"
             ) from None
+        self.device = started_on(self.session, device, on_stage)
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = sorted(
             (int(m.group(1)), m.group(2) == "value", name)
@@ -82,10 +98,27 @@ class OnnxCausalLM:
     ) -> tuple[np.ndarray, KVCache]:
         """Logits of the last position of each row (float32), and the cache grown by the new tokens."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        feeds.update(zip(self.past_names, cache.tensors))
         feeds.update(self.last_only)
+        if self.io_binding:
+            return self._forward_bound(feeds, cache)
+        feeds.update(zip(self.past_names, cache.tensors))
         logits, *present = self.session.run(self.output_names, feeds)
         return np.array(logits[:, -1, :], dtype=np.float32), KVCache(present)
+
+    def _forward_bound(self, feeds: dict[str, np.ndarray], cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(self.past_names, cache.tensors):
+            if isinstance(value, np.ndarray):  # the empty cache of the first step
+                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.output_names[1:]:
+            binding.bind_output(name, self.device, 0)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return np.array(logits.numpy()[:, -1, :], dtype=np.float32), KVCache(present)
 
 
     def token_logprobs(self, ids: list[int], start: int) -> np.ndarray:

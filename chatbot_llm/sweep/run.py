@@ -137,8 +137,8 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def run_sweep(plan: Plan, batch_size: int, variant: str, on_stage: Callable[[str], None] = lambda m: None,
-              on_cell: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
+def run_sweep(plan: Plan, batch_size: int, variant: str | None, device: str = "cpu",
+              on_stage: Callable[[str], None] = lambda m: None, on_cell: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
     """Run every unfinished cell; returns the rows of this plan's cells (old and new)."""
     from chatbot_llm.models import load_text_generator
 
@@ -161,7 +161,8 @@ def run_sweep(plan: Plan, batch_size: int, variant: str, on_stage: Callable[[str
         cells = [c for c in todo if c.model == model]
         if not cells:
             continue
-        generator = load_text_generator(model, "onnx", variant, on_stage=on_stage, on_warning=warn_once)
+        generator = load_text_generator(model, "onnx", variant, on_stage=on_stage, on_warning=warn_once,
+                                        device=device)
         for cell in cells:
             append_rows(results_path, run_cell(generator, cell, plan, batch_size))
             finished += 1
