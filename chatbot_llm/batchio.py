@@ -99,11 +99,17 @@ def output_stream(path: Path | None, append: bool, overwrite: bool) -> Iterator[
     try:
         yield stream, has_records and not overwrite
     except BaseException:
-        stream.close()
+        try:
+            stream.close()  # may fail again on what the failed write left in its buffer
+        except OSError:
+            pass
         if not existed and path.is_file() and path.stat().st_size == 0:
             path.unlink()
         raise
-    stream.close()
+    try:
+        stream.close()
+    except OSError as exc:
+        raise ChatbotError(f"cannot write to {path}: {exc.strerror}; the records before this one are kept") from None
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int | None, str, int]]:

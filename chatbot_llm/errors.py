@@ -13,3 +13,9 @@ class ChatbotError(Exception):
 
 class UsageError(ChatbotError):
     exit_code = 2
+
+
+class PromptTooLong(UsageError):
+    """A prompt that does not fit the model's context, with truncation off."""
+
+    row = 0  # which prompt of the call that raised it

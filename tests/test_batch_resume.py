@@ -109,3 +109,28 @@ def test_resume_option_errors(prompt_file, tiny_checkpoint, tmp_path, extra, mes
         args += ["-o", str(tmp_path / "o.txt")]
     result = run_cli(*args)
     assert result.returncode == 2 and message in error_lines(result)[0]
+
+
+def test_ctrl_c_mid_batch_keeps_every_result_and_exits_130(tiny_checkpoint, exports, tmp_path):
+    import json
+
+    prompts = [f"prompt number {i} about a dream" for i in range(400)]  # more than a loaded machine finishes
+    prompt_file = tmp_path / "many.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "stopped.jsonl"
+    command = [sys.executable, "-m", "chatbot_llm", "batch", str(prompt_file), "--model", str(tiny_checkpoint),
+               "-o", str(out), "--format", "jsonl", "--max-new-tokens", "40", "--batch-size", "1", "--seed", "7"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not out.exists() or out.read_bytes().count(b"\n") < 2) and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert "continue with --resume" in stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line whole
+    assert 2 <= len(rows) < len(prompts)
+    quick = [a for a in command[3:] if a not in ("--max-new-tokens", "40", "--batch-size", "1")]
+    resumed = run_cli(*quick, "--max-new-tokens", "2", "--batch-size", "64", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == prompts

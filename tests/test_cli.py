@@ -120,10 +120,10 @@ def test_export_and_models_commands(exports, tiny_checkpoint):
     assert mine and mine[0]["opt"] == "ok"
 
 
-def test_a_long_prompt_warns_and_still_answers(exports, tiny_checkpoint, tmp_path):
+def test_a_long_prompt_with_truncate_warns_and_still_answers(exports, tiny_checkpoint, tmp_path):
     path = tmp_path / "long.txt"
     path.write_text(" ".join(["dream"] * 500) + "\n")
-    result = run_cli("batch", str(path), "--model", str(tiny_checkpoint), *GREEDY)
+    result = run_cli("batch", str(path), "--model", str(tiny_checkpoint), "--truncate", *GREEDY)
     assert result.returncode == 0 and "cut from the left" in result.stderr
 
 
@@ -256,3 +256,10 @@ def test_version_and_help():
     for option in ("--temperature", "--top-p", "--top-k", "--repetition-penalty", "--max-new-tokens",
                    "--max-length", "--no-repeat-ngram-size", "--do-sample / --greedy", "--seed", "--config"):
         assert option in helped.stdout
+
+
+def test_a_too_long_chat_line_is_an_error_and_the_chat_goes_on(exports, tiny_checkpoint):
+    result = run_cli("chat", "--model", str(tiny_checkpoint), *GREEDY, stdin="dream " * 200 + "\nhello\n")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "is longer than the model's context of 64 tokens" in result.stderr
+    assert result.stdout.count("You: ") == 3  # the long line, hello, then end of input

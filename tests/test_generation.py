@@ -68,6 +68,25 @@ def test_a_rows_greedy_output_does_not_depend_on_its_batch(exports, prompts, var
     assert [shuffled[j].tokens for j in np.argsort(order)] == alone
 
 
+@pytest.mark.parametrize("variant", ["fp32", "opt", "int8"])
+def test_greedy_outputs_are_the_same_in_any_batch_composition(exports, variant):
+    """Random subsets of prompts of 1 to 40 tokens, shuffled, in batches of every size: each prompt's
+    tokens are those it gets alone (left padding, masks, positions and int8 rows all independent)."""
+    tokenizer = load_tokenizer(exports["fp32"])
+    words = "the dream was long and the office had moved to a lake where my sister waited".split()
+    rng = np.random.default_rng(11)
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(12)]
+    pool = [tokenizer.encode(t).ids[:40] for t in texts]
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    config = GenerationConfig(do_sample=False, max_new_tokens=10, repetition_penalty=1.2, no_repeat_ngram_size=3)
+    alone = [generate_ids(model, [p], config, EOS, CONTEXT)[0].tokens for p in pool]
+    for size in (2, 3, 5, 8, 12):
+        for _ in range(2):
+            picked = rng.choice(len(pool), size=size, replace=False)
+            together = generate_ids(model, [pool[i] for i in picked], config, EOS, CONTEXT)
+            assert [r.tokens for r in together] == [alone[i] for i in picked], (size, picked)
+
+
 def test_seeded_sampling_is_reproducible_and_batch_size_free(exports, prompts):
     model = OnnxCausalLM(exports["opt"] / "model.onnx")
     config = GenerationConfig(max_new_tokens=10, seed=1234)
@@ -104,11 +123,17 @@ def test_rows_stop_at_eos_on_their_own(exports, prompts):
         assert stopped[1].tokens == free[1].tokens and stopped[1].finish_reason == "length"
 
 
-def test_long_prompts_are_cut_from_the_left_with_a_warning(exports, tiny_checkpoint):
+def test_long_prompts_are_an_error_or_with_truncate_cut_from_the_left(exports, tiny_checkpoint):
+    from chatbot_llm.errors import PromptTooLong
+
     warnings = []
     generator = load_text_generator(str(tiny_checkpoint), "onnx", "opt", on_warning=warnings.append)
     long_prompt = " ".join(f"word{i}" for i in range(200))
     config = GenerationConfig(do_sample=False, max_new_tokens=10)
+    with pytest.raises(PromptTooLong, match="longer than the model's context of 64 tokens") as raised:
+        generator.generate(["fits", long_prompt], config)
+    assert raised.value.row == 1
+    generator.truncate = True
     completion = generator.generate([long_prompt], config)[0]
     assert completion.prompt_tokens == CONTEXT - 10 and len(completion.tokens) == 10
     assert len(warnings) == 1 and "cut from the left" in warnings[0]

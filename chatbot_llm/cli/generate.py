@@ -11,7 +11,7 @@ import click
 
 from chatbot_llm.cli.app import cli, err, generation_options, load_model, model_options, split_generation_args
 from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, parse_value
-from chatbot_llm.errors import UsageError
+from chatbot_llm.errors import PromptTooLong, UsageError
 
 
 # ---------------------------------------------------------------- chat
@@ -34,13 +34,13 @@ def _bot_label(name: str) -> str:
 @click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Append each prompt and reply here, in the seed's format.")
 @generation_options
-def chat(model: str, backend: str, variant: str, output_file: Path | None, **kwargs: Any) -> None:
+def chat(model: str, backend: str, variant: str | None, device: str, output_file: Path | None, **kwargs: Any) -> None:
     """Talk to a model: each line you type is a prompt, the reply streams as it is generated."""
     from chatbot_llm.batchio import output_stream
 
     generation_args = split_generation_args(kwargs)
     with output_stream(output_file, append=True, overwrite=False) as (out, _):
-        generator, config = load_model(model, backend, variant, generation_args)
+        generator, config = load_model(model, backend, variant, generation_args, device)
         _chat_loop(generator, config, out if output_file else None)
 
 
@@ -79,6 +79,10 @@ def _chat_loop(generator, config: GenerationConfig, out) -> None:
             )[0]
         except KeyboardInterrupt:
             click.echo(" [stopped]")
+            continue
+        except PromptTooLong as exc:  # the chat goes on: the next line may fit
+            click.echo()
+            err.print(f"error: {exc}", soft_wrap=True, highlight=False, markup=False)
             continue
         click.echo()
         if out is not None:
@@ -126,9 +130,13 @@ def _print_params(config: GenerationConfig) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--resume", is_flag=True,
               help="Continue a run that was stopped: skip the prompts already in --output-file.")
+@click.option("--truncate", is_flag=True,
+              help="Cut a prompt longer than the model's context from the left (with a warning) instead of "
+                   "stopping at it.")
 @generation_options
-def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file: Path | None, fmt: str,
-          batch_size: int, append: bool, overwrite: bool, resume: bool, **kwargs: Any) -> None:
+def batch(prompt_file: Path, model: str, backend: str, variant: str | None, device: str, output_file: Path | None,
+          fmt: str, batch_size: int, append: bool, overwrite: bool, resume: bool, truncate: bool,
+          **kwargs: Any) -> None:
     """Run every non-empty line of PROMPT_FILE through a model."""
     from chatbot_llm.batchio import check_prompt_file, output_stream, resume_point
 
@@ -142,7 +150,8 @@ def batch(prompt_file: Path, model: str, backend: str, variant: str, output_file
     if skip:
         err.print(f"resuming: {skip} of {total} prompts are already in {output_file}")
     with output_stream(output_file, append or resume, overwrite) as (out, has_records):
-        generator, config = load_model(model, backend, variant, generation_args)
+        generator, config = load_model(model, backend, variant, generation_args, device)
+        generator.truncate = truncate
         done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size,
                           has_records if not resume else has_header, output_file, skip)
     if output_file is not None:
@@ -167,7 +176,12 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
             first = skip - skip % batch_size
             for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), batch_size):
                 numbers = [n for n, _ in chunk]
-                completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
+                try:
+                    completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
+                except PromptTooLong as exc:
+                    kept = f"; the {skip + done} results before it are in {output_file}, continue with --resume" \
+                        if output_file else ""
+                    raise UsageError(f"line {numbers[exc.row]} of {prompt_file}: {exc}{kept}") from None
                 for ordinal, (number, completion) in enumerate(zip(numbers, completions), start=first):
                     if ordinal < skip:
                         continue

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from tokenizers import Tokenizer
 
 from chatbot_llm.config import GenerationConfig
+from chatbot_llm.errors import PromptTooLong
 from chatbot_llm.runtime.generator import RowResult
 from chatbot_llm.runtime.tokenizer import StreamDecoder
 
@@ -61,17 +62,24 @@ class TextGenerator:
         self.model_name, self.backend, self.variant = model_name, backend, variant
         self.model = model  # the ONNX session, for scoring (sweep); None on the torch backend
         self.on_warning = on_warning
+        self.truncate = False  # a prompt longer than the context: PromptTooLong, or cut with a warning
 
     def encode(self, prompt: str, config: GenerationConfig) -> list[int]:
         """Token ids of a prompt, cut from the left so that its reply fits in the context.
 
         A prompt plus its token budget that overflows the context keeps its last
         ``max(context - budget, context // 2)`` tokens: the reply gets its budget where it can,
-        and the prompt keeps at least half the context where it cannot.
+        and the prompt keeps at least half the context where it cannot. A prompt that alone fills
+        the context is an error (PromptTooLong) unless ``truncate`` is set.
         """
         ids = self.tokenizer.encode(valid_text(prompt)).ids or [self.eos_token_id]
         budget = config.new_tokens_for(len(ids))
         keep = max(self.context_length - budget, self.context_length // 2)
+        if len(ids) >= self.context_length and not self.truncate:
+            raise PromptTooLong(
+                f"prompt of {len(ids)} tokens is longer than the model's context of {self.context_length} "
+                f"tokens: {_preview(prompt)}; shorten it, or pass --truncate to keep its last {keep} tokens"
+            )
         if len(ids) > keep:
             self.on_warning(
                 f"prompt of {len(ids)} tokens cut from the left to its last {keep} tokens "
@@ -88,7 +96,13 @@ class TextGenerator:
         on_text: TextCallback | None = None,
     ) -> list[Completion]:
         prompts = [valid_text(p) for p in prompts]
-        encoded = [self.encode(p, config) for p in prompts]
+        encoded = []
+        for row, prompt in enumerate(prompts):
+            try:
+                encoded.append(self.encode(prompt, config))
+            except PromptTooLong as exc:
+                exc.row = row
+                raise
         on_token = None
         if on_text is not None:
             decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
