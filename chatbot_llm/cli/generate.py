@@ -170,14 +170,18 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
     try:
         with Progress(*columns, console=err, transient=False) as progress:
             task = progress.add_task("prompts", total=total, completed=skip)
-            # A resumed run starts at the first chunk boundary before the first missing prompt and
-            # regenerates that chunk whole (writing only the missing rows): each prompt then sits in
-            # the same batch as in an uninterrupted run, so even sampled outputs come out the same.
-            first = skip - skip % batch_size
-            for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), batch_size):
+            # A resumed run starts at the first window boundary before the first missing prompt and
+            # regenerates that window whole (writing only the missing rows): each prompt then sits in
+            # the same batch as in an uninterrupted run.
+            # A seeded sampled run batches prompts of equal length only (see TextGenerator.generate), so it
+            # reads a wider window of prompts to find them; results are still written in file order.
+            window = batch_size * (8 if config.do_sample and config.seed is not None else 1)
+            first = skip - skip % window
+            for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), window):
                 numbers = [n for n, _ in chunk]
                 try:
-                    completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers)
+                    completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers,
+                                                     max_batch=batch_size)
                 except PromptTooLong as exc:
                     kept = f"; the {skip + done} results before it are in {output_file}, continue with --resume" \
                         if output_file else ""

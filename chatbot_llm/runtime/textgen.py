@@ -94,7 +94,17 @@ class TextGenerator:
         config: GenerationConfig,
         stream_keys: Sequence[int] | None = None,
         on_text: TextCallback | None = None,
+        max_batch: int | None = None,
     ) -> list[Completion]:
+        """Completions in the order of the prompts, generated max_batch at a time (default: all).
+
+        A seeded sampled call runs prompts of equal token length together, so no row is padded: left
+        padding moves a row's tokens within the padded width, which changes the order of float32 sums
+        in the kernels by ~1e-6, and a draw that close to the edge between two tokens could then pick
+        the other one. Without padding a row's logits are bit-identical in any batch, so a seed gives
+        the same text per prompt at any batch size. Greedy and unseeded calls batch everything
+        together, padded (greedy agrees in any batch: tests/test_generation.py).
+        """
         prompts = [valid_text(p) for p in prompts]
         encoded = []
         for row, prompt in enumerate(prompts):
@@ -112,7 +122,14 @@ class TextGenerator:
                 if delta:
                     on_text(row, delta)
 
-        results = self.generate_ids(encoded, config, stream_keys=stream_keys, on_token=on_token)
+        keys = list(stream_keys) if stream_keys is not None else list(range(len(prompts)))
+        results: list[RowResult] = [RowResult()] * len(prompts)
+        for rows in batches(encoded, config, max_batch or len(prompts)):
+            callback = None if on_token is None else (lambda row, token, rows=rows: on_token(rows[row], token))
+            done = self.generate_ids([encoded[r] for r in rows], config, stream_keys=[keys[r] for r in rows],
+                                     on_token=callback)
+            for row, result in zip(rows, done):
+                results[row] = result
         return [
             Completion(
                 prompt=prompt,
@@ -124,6 +141,16 @@ class TextGenerator:
             )
             for prompt, ids, r in zip(prompts, encoded, results)
         ]
+
+
+def batches(encoded: Sequence[Sequence[int]], config: GenerationConfig, size: int) -> list[list[int]]:
+    """Row indexes to generate together: by equal length when a seed must give the same draws in
+    any batch (see TextGenerator.generate), else in order; at most `size` rows each."""
+    groups: dict[int, list[int]] = {}
+    for row, ids in enumerate(encoded):
+        key = len(ids) if config.do_sample and config.seed is not None else 0
+        groups.setdefault(key, []).append(row)
+    return [rows[i : i + size] for rows in groups.values() for i in range(0, len(rows), size)]
 
 
 def valid_text(text: str) -> str:

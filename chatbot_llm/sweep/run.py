@@ -108,13 +108,17 @@ def stream_key(line: int, sample: int) -> int:
 
 
 def run_cell(generator, cell: Cell, plan: Plan, batch_size: int) -> list[dict]:
+    from chatbot_llm.runtime.textgen import batches
+
     rows = [(line, prompt, s) for line, prompt in plan.prompts for s in range(plan.samples)]
     encoded = {line: generator.encode(prompt, cell.config) for line, prompt in plan.prompts}
-    results = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        results += generator.generate_ids([encoded[line] for line, _, _ in chunk], cell.config,
-                                          stream_keys=[stream_key(line, s) for line, _, s in chunk])
+    ids = [encoded[line] for line, _, _ in rows]
+    results = [None] * len(rows)
+    for group in batches(ids, cell.config, batch_size):  # equal lengths together: see TextGenerator.generate
+        done = generator.generate_ids([ids[i] for i in group], cell.config,
+                                      stream_keys=[stream_key(rows[i][0], rows[i][2]) for i in group])
+        for i, result in zip(group, done):
+            results[i] = result
     out = []
     for (line, prompt, sample), result in zip(rows, results):
         generated = result.tokens + ([generator.eos_token_id] if result.finish_reason == "eos" else [])
