@@ -120,7 +120,9 @@ def test_ctrl_c_mid_batch_keeps_every_result_and_exits_130(tiny_checkpoint, expo
     out = tmp_path / "stopped.jsonl"
     command = [sys.executable, "-m", "chatbot_llm", "batch", str(prompt_file), "--model", str(tiny_checkpoint),
                "-o", str(out), "--format", "jsonl", "--max-new-tokens", "40", "--batch-size", "1", "--seed", "7"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while (not out.exists() or out.read_bytes().count(b"\n") < 2) and time.time() < deadline:
         time.sleep(0.02)

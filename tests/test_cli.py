@@ -228,13 +228,18 @@ def test_ctrl_c_at_the_chat_prompt_ends_cleanly(exports, tiny_checkpoint):
         [sys.executable, "-m", "chatbot_llm", "chat", "--model", str(tiny_checkpoint)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as in a background job
     )
     deadline = time.monotonic() + 120
     seen = ""
     while "You: " not in seen and time.monotonic() < deadline:  # wait for the prompt
         seen += os.read(process.stdout.fileno(), 100).decode()
+    # input() writes the prompt before it blocks in read(): a signal in between is only seen after the
+    # next line, so give it the moment a person would
+    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    process.wait(timeout=60)  # with stdin still open: only the interrupt can end the chat here
+    _, stderr = process.communicate()
     assert process.returncode == 0 and "Traceback" not in stderr
 
 
