@@ -1,7 +1,7 @@
 """The README's performance section: run the benchmark, record it, and write the tables.
 
     python benchmarks/perf_report.py            # bench now (about 10 minutes), then rewrite README
-    python benchmarks/perf_report.py --no-run   # rewrite README from the recorded results
+    python benchmarks/perf_report.py --no-run   # redraw the plot and rewrite README from the recorded results
 
 The bench is `chatbot-llm bench` with the issue's settings on the random GPT-2-124M shape: every
 backend in its own process, one after the other on the same machine, batch sizes 1, 8 and 32,
@@ -118,7 +118,10 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
     if args.no_run:
+        from chatbot_llm.bench.report import plot
+
         report = json.loads(BENCH_JSON.read_text())
+        plot(report, BENCH_PNG)
     else:
         backends = ["torch", "onnx-fp32", "onnx-opt", "onnx-int8"]
         try:

@@ -75,11 +75,11 @@ def plot(report: dict, path: Path) -> None:
     p95 = [results[n]["decode_ms_p95"] - results[n]["decode_ms_median"] for n in names]
     bars = left.bar(names, medians, yerr=[[0] * len(names), p95], capsize=4,
                     color=["#888888" if n == "torch" else "#2b7bba" for n in names])
-    for bar, name in zip(bars, names):
+    for bar, name, whisker in zip(bars, names, p95):
         ratio = results[name].get("speedup_vs_torch")
         label = f"{bar.get_height():.1f} ms" + (f"\n{ratio:.2f}x" if ratio and name != "torch" else "")
-        left.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                      fontsize=8, xytext=(0, 2), textcoords="offset points")
+        left.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + whisker), ha="center",
+                      va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     left.set_ylabel("ms per decoded token (batch 1; whisker: p95)")
     left.set_title("Latency, lower is better")
     left.tick_params(axis="x", rotation=20)
