@@ -120,7 +120,6 @@ class OnnxCausalLM:
         logits, *present = binding.get_outputs()
         return np.array(logits.numpy()[:, -1, :], dtype=np.float32), KVCache(present)
 
-
     def token_logprobs(self, ids: list[int], start: int) -> np.ndarray:
         """log p(ids[i] | ids[:i]) for i >= start, at temperature 1 with no processors, in one pass."""
         x = np.asarray(ids, np.int64)[None, :]

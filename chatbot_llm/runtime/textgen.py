@@ -123,7 +123,7 @@ class TextGenerator:
                     on_text(row, delta)
 
         keys = list(stream_keys) if stream_keys is not None else list(range(len(prompts)))
-        results: list[RowResult] = [RowResult()] * len(prompts)
+        results: list[RowResult | None] = [None] * len(prompts)
         for rows in batches(encoded, config, max_batch or len(prompts)):
             callback = None if on_token is None else (lambda row, token, rows=rows: on_token(rows[row], token))
             done = self.generate_ids([encoded[r] for r in rows], config, stream_keys=[keys[r] for r in rows],
