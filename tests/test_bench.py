@@ -85,3 +85,11 @@ def test_ct2_backends_say_how_to_install_when_missing(tiny_checkpoint):
         pass
     result = run_cli("bench", "--model", str(tiny_checkpoint), "--backends", "ct2-int8")
     assert result.returncode == 2 and "pip install ctranslate2" in error_lines(result)[0]
+
+
+def test_greedy_agreement_counts_rows_and_the_shared_prefix():
+    from chatbot_llm.bench.run import agreement
+
+    result = agreement([[1, 2, 3], [], [1, 2], [5, 6]], [[1, 2, 3], [], [1, 2, 9, 9], [7]])
+    assert result["rows_identical"] == 2  # two empty rows (EOS first on both sides) are identical
+    assert result["mean_prefix_share"] == (1 + 1 + 0.5 + 0) / 4

@@ -98,8 +98,11 @@ def agreement(tokens: list[list[int]], reference: list[list[int]]) -> dict:
     """Greedy agreement with torch: rows token-identical, and the mean share of each row before it diverges."""
     prefix = []
     for row, ref in zip(tokens, reference):
+        if row == ref:  # two empty rows (EOS first on both sides) agree too
+            prefix.append(1.0)
+            continue
         same = next((i for i, (a, b) in enumerate(zip(row, ref)) if a != b), min(len(row), len(ref)))
-        prefix.append(same / max(1, len(ref)))
+        prefix.append(same / max(1, len(ref), len(row)))
     return {"rows_identical": sum(p == 1.0 for p in prefix), "rows": len(prefix),
             "mean_prefix_share": sum(prefix) / max(1, len(prefix))}
 
