@@ -109,7 +109,7 @@ def output_stream(path: Path | None, append: bool, overwrite: bool) -> Iterator[
     try:
         stream.close()
     except OSError as exc:
-        raise ChatbotError(f"cannot write to {path}: {exc.strerror}; the records before this one are kept") from None
+        raise _write_failed(path, exc) from None
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int | None, str, int]]:
@@ -212,4 +212,8 @@ def write_record(stream: IO[str], text: str) -> None:
         raise
     except OSError as exc:
         name = getattr(stream, "name", "output")
-        raise ChatbotError(f"cannot write to {name}: {exc.strerror}; the records before this one are kept") from None
+        raise _write_failed(name, exc) from None
+
+
+def _write_failed(name: Path | str, exc: OSError) -> ChatbotError:
+    return ChatbotError(f"cannot write to {name}: {exc.strerror}; the records before this one are kept")

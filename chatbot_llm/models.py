@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Callable
 
 from chatbot_llm.config import load_generation_config_json
 from chatbot_llm.errors import UsageError
-from chatbot_llm.export.manifest import MANIFEST, ExportStatus, check_export
+from chatbot_llm.export.manifest import MANIFEST, VARIANTS, ExportStatus, check_export
+from chatbot_llm.runtime.device import DEVICES
 from chatbot_llm.runtime.onnx_model import eos_and_context, read_model_config
 
 if TYPE_CHECKING:
@@ -29,9 +30,7 @@ if TYPE_CHECKING:
 
 KNOWN_MODELS = {"dream": "dream_gpt2", "email": "email_gpt2"}
 DEFAULT_MODEL = "dream"
-VARIANTS = ("fp32", "opt", "int8", "fp16")
 DEFAULT_VARIANT = "opt"  # on the CPU; on CUDA, fp16
-DEVICES = ("cpu", "cuda", "auto")
 
 
 def default_variant(device: str) -> str:

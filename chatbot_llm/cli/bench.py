@@ -45,14 +45,15 @@ def bench(model: str | None, shape: str | None, backends: str | None, batch_size
     if model and shape:
         raise UsageError("give --model or --shape, not both")
     device = resolve_device(device, stage)
-    if device == "cuda" and "torch" in (backends or DEFAULT_BACKENDS[device]).split(","):
+    backends = backends or DEFAULT_BACKENDS[device]
+    if device == "cuda" and "torch" in backends.split(","):
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError(f"bench --device cuda compares against PyTorch on the same GPU, but torch "
                              f"{torch.__version__} has no CUDA here; install a CUDA build of torch, or leave "
                              "torch out of --backends")
-    names, sizes = parse_backends(backends or DEFAULT_BACKENDS[device]), parse_sizes(batch_sizes)
+    names, sizes = parse_backends(backends), parse_sizes(batch_sizes)
     for option, path in (("--json", json_file), ("--plot", plot_file)):
         if path is not None:
             check_output_path(path, option)

@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 # 2: logits_to_keep, int8 embedding shared with lm_head, attention's Gemm quantized, model.onnx.data.
 RECIPE = 2
 MODEL_FILE = "model.onnx"
+VARIANTS = ("fp32", "opt", "int8", "fp16")  # what export_checkpoint can make; see export/pipeline.py
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 # Everything in a checkpoint folder that changes the exported graph or its tokenizer and defaults.
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt")

@@ -30,6 +30,7 @@ from chatbot_llm.errors import ChatbotError, UsageError
 from chatbot_llm.export.manifest import (
     FORMAT_VERSION,
     RECIPE,
+    VARIANTS,
     MANIFEST,
     MODEL_FILE,
     WEIGHT_FILES,
@@ -41,7 +42,6 @@ from chatbot_llm.export.manifest import (
 from chatbot_llm.runtime.onnx_model import read_model_config
 from chatbot_llm.runtime.tokenizer import load_tokenizer
 
-VARIANTS = ("fp32", "opt", "int8", "fp16")
 DATA_FILE = MODEL_FILE + ".data"
 # An export fails when max |delta logits| > tolerance * max(1, max |logits|): fp32 and opt must match
 # PyTorch to float32 rounding; int8 and fp16 change the numbers by design, and their bound only
