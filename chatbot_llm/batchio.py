@@ -11,6 +11,7 @@ import contextlib
 import os
 import csv
 import io
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,31 @@ def read_prompts(path: Path) -> Iterator[tuple[int, str]]:
             prompt = line.strip()
             if prompt:
                 yield number, prompt
+
+
+def prompt_windows(prompt_file: Path, config, batch_size: int, skip: int = 0):
+    """(ordinal of the first prompt, windows of (line number, prompt)): the groups batch generates together.
+
+    A resumed run starts at the window boundary before the first missing prompt and regenerates
+    that window whole (writing only the missing rows): each prompt then sits in the same batch as in
+    an uninterrupted run. A seeded sampled run batches prompts of equal length only (see
+    TextGenerator.generate), so it reads a wider window to find them. A local run and a Ray run
+    cut the file into the same windows.
+    """
+    window = batch_size * (8 if config.do_sample and config.seed is not None else 1)
+    first = skip - skip % window
+    return first, _chunks(itertools.islice(read_prompts(prompt_file), first, None), window)
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def check_output_path(path: Path, option: str = "") -> None:
@@ -188,6 +214,24 @@ def resume_point(output: Path, fmt: str, prompt_file: Path) -> tuple[int, bool]:
         with open(output, "r+b") as f:
             f.truncate(end)
     return done, header or (fmt != "csv" and done > 0)
+
+
+def batch_record(generator, params: dict[str, Any], number: int, completion) -> dict[str, Any]:
+    """One prompt's result as batch writes it (jsonl shows every field); a local run and a Ray
+    worker build it here, so both write the same records."""
+    return {
+        "index": number,
+        "prompt": completion.prompt,
+        "response": completion.response,
+        "model": generator.model_name,
+        "backend": generator.backend,
+        "variant": generator.variant,
+        "params": params,
+        "new_tokens": len(completion.tokens),
+        "prompt_tokens": completion.prompt_tokens,
+        "finish_reason": completion.finish_reason,
+        "seconds": round(completion.seconds, 4),
+    }
 
 
 def format_record(fmt: str, row: dict[str, Any], header: bool) -> str:

@@ -173,10 +173,11 @@ def load_text_generator(
     on_stage: Callable[[str], None] = lambda s: None,
     on_warning: Callable[[str], None] | None = None,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> "TextGenerator":
     """A model ready to generate text on the chosen backend and device, exported first if need be.
 
-    variant None: opt on the CPU, fp16 on CUDA.
+    variant None: opt on the CPU, fp16 on CUDA. threads: onnxruntime's intra-op threads (default: its own).
     """
     from functools import partial
 
@@ -198,7 +199,7 @@ def load_text_generator(
         on_stage(f"loading {folder}")
         config = read_model_config(folder)
         eos, context = eos_and_context(config)
-        model = OnnxCausalLM(folder / "model.onnx", device=device, on_stage=on_stage)
+        model = OnnxCausalLM(folder / "model.onnx", device=device, threads=threads, on_stage=on_stage)
         run = partial(generate_ids, model, eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:

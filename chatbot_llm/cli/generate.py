@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import click
 
 from chatbot_llm.cli.app import cli, err, generation_options, load_model, model_options, split_generation_args
+from chatbot_llm.cli.scale import batch_on_ray, ray_options
 from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, parse_value
 from chatbot_llm.errors import PromptTooLong, UsageError
 
@@ -134,9 +134,10 @@ def _print_params(config: GenerationConfig) -> None:
               help="Cut a prompt longer than the model's context from the left (with a warning) instead of "
                    "stopping at it.")
 @generation_options
+@ray_options
 def batch(prompt_file: Path, model: str, backend: str, variant: str | None, device: str, output_file: Path | None,
           fmt: str, batch_size: int, append: bool, overwrite: bool, resume: bool, truncate: bool,
-          **kwargs: Any) -> None:
+          ray_address: str | None, workers: int | None, threads: int | None, **kwargs: Any) -> None:
     """Run every non-empty line of PROMPT_FILE through a model."""
     from chatbot_llm.batchio import check_prompt_file, output_stream, resume_point
 
@@ -150,10 +151,15 @@ def batch(prompt_file: Path, model: str, backend: str, variant: str | None, devi
     if skip:
         err.print(f"resuming: {skip} of {total} prompts are already in {output_file}")
     with output_stream(output_file, append or resume, overwrite) as (out, has_records):
-        generator, config = load_model(model, backend, variant, generation_args, device)
-        generator.truncate = truncate
-        done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size,
-                          has_records if not resume else has_header, output_file, skip)
+        if ray_address is not None:
+            done = batch_on_ray(ray_address, workers, threads, model, backend, variant, device, generation_args,
+                                prompt_file, total, out, fmt, batch_size, truncate,
+                                has_records if not resume else has_header, output_file, skip)
+        else:
+            generator, config = load_model(model, backend, variant, generation_args, device)
+            generator.truncate = truncate
+            done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size,
+                              has_records if not resume else has_header, output_file, skip)
     if output_file is not None:
         err.print(f"{done} results written to {output_file}")
 
@@ -162,7 +168,7 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
                skip: int = 0) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from chatbot_llm.batchio import format_record, read_prompts, write_record
+    from chatbot_llm.batchio import batch_record, format_record, prompt_windows, write_record
 
     params = config.to_dict()
     done = 0
@@ -170,14 +176,8 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
     try:
         with Progress(*columns, console=err, transient=False) as progress:
             task = progress.add_task("prompts", total=total, completed=skip)
-            # A resumed run starts at the first window boundary before the first missing prompt and
-            # regenerates that window whole (writing only the missing rows): each prompt then sits in
-            # the same batch as in an uninterrupted run.
-            # A seeded sampled run batches prompts of equal length only (see TextGenerator.generate), so it
-            # reads a wider window of prompts to find them; results are still written in file order.
-            window = batch_size * (8 if config.do_sample and config.seed is not None else 1)
-            first = skip - skip % window
-            for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), window):
+            first, windows = prompt_windows(prompt_file, config, batch_size, skip)
+            for chunk in windows:
                 numbers = [n for n, _ in chunk]
                 try:
                     completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers,
@@ -189,19 +189,7 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
                 for ordinal, (number, completion) in enumerate(zip(numbers, completions), start=first):
                     if ordinal < skip:
                         continue
-                    row = {
-                        "index": number,
-                        "prompt": completion.prompt,
-                        "response": completion.response,
-                        "model": generator.model_name,
-                        "backend": generator.backend,
-                        "variant": generator.variant,
-                        "params": params,
-                        "new_tokens": len(completion.tokens),
-                        "prompt_tokens": completion.prompt_tokens,
-                        "finish_reason": completion.finish_reason,
-                        "seconds": round(completion.seconds, 4),
-                    }
+                    row = batch_record(generator, params, number, completion)
                     write_record(out, format_record(fmt, row, header=(fmt == "csv" and not has_records)))
                     has_records = True
                     done += 1
@@ -212,16 +200,3 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
                   + (" (continue with --resume)" if output_file else ""))
         sys.exit(130)
     return done
-
-
-def _chunks(items, size: int):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbot_llm.cli.app import cli, device_option, err
+from chatbot_llm.cli.scale import ray_options
 from chatbot_llm.config import load_toml
 from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
 from chatbot_llm.sweep.metrics import METRICS
@@ -35,9 +36,10 @@ from chatbot_llm.sweep.metrics import METRICS
 @click.option("--variant", type=click.Choice(VARIANTS), help=f"Default: {DEFAULT_VARIANT} on the CPU, fp16 on CUDA.")
 @device_option
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True)
+@ray_options
 def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: int, max_new_tokens: int | None,
           config_file: Path | None, out: Path, rank_by: str | None, variant: str | None, device: str,
-          batch_size: int) -> None:
+          batch_size: int, ray_address: str | None, workers: int | None, threads: int | None) -> None:
     """Every combination of a grid of generation parameters, on every model and prompt, side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -54,8 +56,16 @@ def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: i
     with Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
                   TimeRemainingColumn(), console=err) as bar:
         task = bar.add_task("cells", total=len(plan.cells))
-        rows = run_sweep(plan, batch_size, variant, device=device, on_stage=lambda m: bar.console.print(f"[dim]{m}[/dim]"),
-                         on_cell=lambda done, total: bar.update(task, completed=done))
+        on_stage = lambda m: bar.console.print(f"[dim]{m}[/dim]")  # noqa: E731
+        on_cell = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+        if ray_address is None:
+            rows = run_sweep(plan, batch_size, variant, device=device, on_stage=on_stage, on_cell=on_cell)
+        else:
+            from chatbot_llm.scale.sweep import run_sweep_on_ray
+
+            rows, ray_summary = run_sweep_on_ray(plan, batch_size, variant, device, ray_address, workers,
+                                                 threads or 1, on_stage=on_stage, on_cell=on_cell)
+            err.print(ray_summary, highlight=False, soft_wrap=True)
     summary = summarize(plan, rows, rank_by)
     write_summary(plan, summary)
     report = write_report(plan, summary, rows, rank_by)
