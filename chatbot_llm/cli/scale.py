@@ -43,9 +43,12 @@ def batch_on_ray(address: str, workers: int | None, threads: int | None, model: 
 
     from chatbot_llm.models import default_variant, ensure_export, model_defaults, resolve_model
     from chatbot_llm.scale.batch import run_batch_on_ray
+    from chatbot_llm.scale.cluster import check_reachable, import_ray
 
     if backend != "onnx":
         raise UsageError("--ray runs the onnx backend; drop --backend torch")
+    import_ray()
+    check_reachable(address)  # before the model is exported or loaded
     ref = resolve_model(model)
     config = resolve_generation_config(model_defaults(ref), generation_args)
     variant = variant or default_variant(device)

@@ -38,6 +38,9 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 
 def check_reachable(address: str) -> None:
+    """A malformed address (UsageError) or one where nothing answers (ChatbotError), in seconds, not minutes."""
+    if address == LOCAL:
+        return
     target = _host_port(address)
     if target is None:
         return
@@ -78,13 +81,13 @@ def ray_cluster(address: str, on_stage: Callable[[str], None] = lambda m: None) 
     """ray, connected to the cluster at address (or a local instance for LOCAL), shut down after."""
     ray = import_ray()
     _quiet()
+    check_reachable(address)
     already = ray.is_initialized()  # a caller (a test, a notebook) already holds a connection
     if not already:
         if address == LOCAL:
             on_stage("starting a local Ray instance")
             kwargs = {}
         else:
-            check_reachable(address)
             on_stage(f"joining the Ray cluster at {address}")
             kwargs = {"address": address}
         try:

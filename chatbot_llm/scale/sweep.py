@@ -19,8 +19,11 @@ def run_sweep_on_ray(plan, batch_size: int, variant: str | None, device: str, ad
                      on_cell: Callable[[int, int], None] = lambda done, total: None) -> tuple[list[dict], str]:
     """(the rows of this plan's cells, old and new; the summary line)."""
     from chatbot_llm.models import default_variant, ensure_export, resolve_model
+    from chatbot_llm.scale.cluster import check_reachable, import_ray
     from chatbot_llm.sweep.run import RESULTS, append_rows, finished_cells, read_results
 
+    import_ray()
+    check_reachable(address)
     plan.out.mkdir(parents=True, exist_ok=True)
     results_path = plan.out / RESULTS
     done = finished_cells(plan, read_results(results_path))
