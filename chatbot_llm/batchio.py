@@ -32,7 +32,7 @@ def check_prompt_file(path: Path) -> int:
         raise UsageError(f"prompt file not found: {path}")
     if path.is_dir():
         raise UsageError(f"prompt file is a directory: {path}")
-    count = 0
+    count, jsonl = 0, is_jsonl(path)
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
@@ -42,7 +42,10 @@ def check_prompt_file(path: Path) -> int:
                     raise UsageError(
                         f"prompt file {path} is not UTF-8 text (line {number}); re-save it as UTF-8"
                     ) from None
-                count += bool(line.strip())
+                if jsonl:
+                    count += bool(line.strip()) and bool(_jsonl_prompt(line, number, path))
+                else:
+                    count += bool(line.strip())
     except PermissionError:
         raise UsageError(f"prompt file is not readable (permission denied): {path}") from None
     except OSError as exc:
@@ -53,12 +56,33 @@ def check_prompt_file(path: Path) -> int:
 
 
 def read_prompts(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, prompt) for each non-empty line, stripped as the seed strips them."""
+    """(1-based line number, prompt) for each non-empty line, stripped as the seed strips them.
+
+    A .jsonl file holds one {"prompt": ..., "id": ...} object per line (id optional; a record's
+    index is still its line number); an object whose prompt is blank counts as an empty line.
+    """
+    jsonl = is_jsonl(path)
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
-            prompt = line.strip()
+            prompt = (_jsonl_prompt(line, number, path) if line.strip() else "") if jsonl else line
+            prompt = prompt.strip()
             if prompt:
                 yield number, prompt
+
+
+def is_jsonl(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".jsonl"
+
+
+def _jsonl_prompt(line: str, number: int, path: Path) -> str:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        raise UsageError(f"line {number} of {path} is not a JSON object with a \"prompt\" string; a .jsonl "
+                         'prompt file holds one {"prompt": "...", "id": ...} per line')
+    return row["prompt"].strip()
 
 
 def prompt_windows(prompt_file: Path, config, batch_size: int, skip: int = 0):

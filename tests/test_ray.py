@@ -41,6 +41,14 @@ def prompt_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def jsonl_prompt_file(tmp_path_factory):
+    """The same prompts as JSON objects with an id, the other prompt-file format batch reads."""
+    path = tmp_path_factory.mktemp("ray") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "id": f"p{i}"}) + "\n" for i, p in enumerate(PROMPTS)))
+    return path
+
+
 def _batch(prompt_file, model, out, *extra, ray_at=None):
     where = ["--ray", ray_at, "--workers", "2"] if ray_at else []
     result = run_cli("batch", str(prompt_file), "--model", str(model), "-o", str(out), "--max-new-tokens", "6",
@@ -62,10 +70,12 @@ def _records(path, fmt):
     return text
 
 
-@pytest.mark.parametrize("fmt,sampling", [("text", "greedy"), ("jsonl", "greedy"), ("csv", "greedy"),
-                                          ("jsonl", "seeded"), ("text", "seeded")])
-def test_a_ray_run_writes_what_a_local_run_writes(fmt, sampling, ray_address, prompt_file, tiny_checkpoint,
-                                                  exports, tmp_path):
+@pytest.mark.parametrize("fmt,sampling,source", [("text", "greedy", "txt"), ("jsonl", "greedy", "txt"),
+                                                 ("csv", "greedy", "jsonl"), ("jsonl", "seeded", "jsonl"),
+                                                 ("text", "seeded", "txt")])
+def test_a_ray_run_writes_what_a_local_run_writes(fmt, sampling, source, ray_address, prompt_file, jsonl_prompt_file,
+                                                  tiny_checkpoint, exports, tmp_path):
+    prompt_file = jsonl_prompt_file if source == "jsonl" else prompt_file
     generation = ["--greedy"] if sampling == "greedy" else ["--seed", "11", "--temperature", "1.3"]
     local, on_ray = tmp_path / f"local.{fmt}", tmp_path / f"ray.{fmt}"
     _batch(prompt_file, tiny_checkpoint, local, "--format", fmt, *generation)

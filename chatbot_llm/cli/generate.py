@@ -138,7 +138,7 @@ def _print_params(config: GenerationConfig) -> None:
 def batch(prompt_file: Path, model: str, backend: str, variant: str | None, device: str, output_file: Path | None,
           fmt: str, batch_size: int, append: bool, overwrite: bool, resume: bool, truncate: bool,
           ray_address: str | None, workers: int | None, threads: int | None, **kwargs: Any) -> None:
-    """Run every non-empty line of PROMPT_FILE through a model."""
+    """Run every non-empty line of PROMPT_FILE through a model (a .jsonl file: each line's "prompt")."""
     from chatbot_llm.batchio import check_prompt_file, output_stream, resume_point
 
     if sum((append, overwrite, resume)) > 1:

@@ -20,8 +20,11 @@ class Timing:
     load_seconds: float = 0.0  # summed over actors (restarted ones included)
     work_seconds: float = 0.0  # generating, summed over actors
     actors: set = field(default_factory=set)
+    startup_seconds: float | None = None  # until the first result: actors started, models loaded
 
     def add(self, payload: dict[str, Any]) -> None:
+        if self.startup_seconds is None:
+            self.startup_seconds = time.perf_counter() - self.started
         self.units += 1
         self.load_seconds += payload["load_seconds"]
         self.work_seconds += payload["work_seconds"]
@@ -36,11 +39,14 @@ class Timing:
         busy = self.workers * wall
         rest = max(0.0, busy - self.load_seconds - self.work_seconds)
         restarts = max(0, len(self.actors) - self.workers)
+        startup = self.startup_seconds or 0.0
+        # after the first result every actor is up: what is not generating then is Ray's cost per batch
+        steady = max(0.0, self.workers * (wall - startup) - self.work_seconds) / max(1, self.units)
         return (f"ray: {self.workers} workers{f' ({restarts} restarted)' if restarts else ''}, "
                 f"{done} {what} in {wall:.1f} s = {done / wall if wall else 0:.2f} {what}/s; "
                 f"of {busy:.1f} worker-seconds: loading {self.load_seconds:.1f}, generating {self.work_seconds:.1f}, "
-                f"Ray (start, scheduling, transfer, idle) {rest:.1f}"
-                + (f" = {rest / self.units * 1000:.0f} ms per batch of work" if self.units else ""))
+                f"Ray (start, scheduling, transfer, idle) {rest:.1f}; first result after {startup:.1f} s, "
+                f"then ~{steady * 1000:.0f} ms of Ray per batch of work")
 
 
 def run_on_pool(ray, units: list[dict[str, Any]], worker_class: type, constructor_kwargs: dict[str, Any],
