@@ -95,8 +95,7 @@ def ray_cluster(address: str, on_stage: Callable[[str], None] = lambda m: None) 
                 ray.init(include_dashboard=False if address == LOCAL else None, log_to_driver=False,
                          logging_level=logging.ERROR, configure_logging=True, **kwargs)
         except Exception as exc:  # ConnectionError, an auth refusal, a version mismatch: Ray's own types
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ChatbotError(f"cannot join the Ray cluster at {address}: {last}") from None
+            raise ChatbotError(f"cannot join the Ray cluster at {address}: {_why(exc)}") from None
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # results come back in prompt-file order
     context.enable_progress_bars = False  # the command draws its own bar over the whole job
@@ -106,6 +105,20 @@ def ray_cluster(address: str, on_stage: Callable[[str], None] = lambda m: None) 
     finally:
         if not already:
             ray.shutdown()
+
+
+def _why(exc: BaseException) -> str:
+    """The reason in Ray's chain of exceptions, put the way a user can act on."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        return ("the cluster wants its auth token; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                "~/.ray/auth_token) as on the cluster, or use --ray auto on one of its machines")
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return last
 
 
 def pool_size(ray, workers: int | None, threads: int) -> int:
