@@ -83,7 +83,7 @@ def main() -> None:
 
     started = time.perf_counter()
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a cluster on this machine only; the children join without a token
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - started
     address = ray.get_runtime_context().gcs_address
 

@@ -27,7 +27,7 @@ PROMPTS = [f"prompt {i} about {'dreams' if i % 2 else 'emails'}" + " and more" *
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster on 127.0.0.1; the subprocesses join without a token
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     os.environ.pop("RAY_AUTH_MODE", None)
@@ -169,3 +169,14 @@ def test_a_worker_without_the_export_path_loads_the_shipped_copy_after_checking_
     damaged = ShippedExport("other", "int8", elsewhere.path, "0" * 64, bad)
     with pytest.raises(ChatbotError, match="does not match the sha256 in its manifest"):
         worker_folder(damaged)
+
+
+def test_a_local_run_never_imports_ray(prompt_file, tiny_checkpoint, exports):
+    code = ("import sys\nfrom chatbot_llm.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code, "batch", str(prompt_file), "--model", str(tiny_checkpoint),
+                             "--greedy", "--max-new-tokens", "2"], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(" Prompt: ") == len(PROMPTS)

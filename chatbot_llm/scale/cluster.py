@@ -86,7 +86,7 @@ def ray_cluster(address: str, on_stage: Callable[[str], None] = lambda m: None) 
     if not already:
         if address == LOCAL:
             on_stage("starting a local Ray instance")
-            kwargs = {}
+            kwargs = {"address": "local"}  # a new instance, even where a cluster is already running
         else:
             on_stage(f"joining the Ray cluster at {address}")
             kwargs = {"address": address}
