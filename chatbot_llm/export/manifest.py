@@ -20,7 +20,8 @@ FORMAT_VERSION = 1
 # bigger than new ones: an export of a checkpoint made by an older recipe counts as stale and is
 # redone on first use (an export folder used without its checkpoint keeps working as it is).
 # 2: logits_to_keep, int8 embedding shared with lm_head, attention's Gemm quantized, model.onnx.data.
-RECIPE = 2
+# 3: opt, int8 and fp16 are the decoder graph written from the weights (export/decoder.py).
+RECIPE = 3
 MODEL_FILE = "model.onnx"
 VARIANTS = ("fp32", "opt", "int8", "fp16")  # what export_checkpoint can make; see export/pipeline.py
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
