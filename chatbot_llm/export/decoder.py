@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MS = "com.microsoft"
-OPSET = 17
+OPSET = 21
 GRAPH_INPUTS = ("input_ids", "position_ids", "seqlens_k", "query_seqlens", "total_sequence_length", "logits_index")
 # GroupQueryAttention's inputs by position (onnxruntime 1.32 schema); the unused ones stay empty
 GQA_QUERY_SEQLENS = 16

@@ -4,9 +4,11 @@ fp32: Optimum's ``main_export`` (task text-generation-with-past: one graph for p
       the reference the others are checked against.
 opt:  the decoder graph written from the weights (export/decoder.py): fused attention over a fixed
       KV buffer, SkipLayerNormalization, FastGelu; float32.
-int8: opt + weight-only 8-bit MatMulNBits. Chosen over dynamic quantization because dynamic
-      quantization computes one activation scale for the whole batch, so a prompt's logits change
-      with its batch neighbours (onnxruntime issue 5653); MatMulNBits quantizes each row apart.
+int8: opt with int8 weights (per output column) and int8 activations (per row) on the integer
+      GEMM (export/graph.py). Not ONNX Runtime's dynamic quantization: it computes one activation
+      scale for the whole batch, so a prompt's logits change with its batch neighbours (onnxruntime
+      issue 5653).
+int4: opt with weight-only 4-bit MatMulNBits (blocks of 32); the smallest and fastest at batch 1.
 fp16: the decoder graph in float16 (weights and KV buffer; logits float32), for the GPU.
 
 Everything is written to a temporary folder beside the destination and moved into place only
@@ -47,9 +49,11 @@ from chatbot_llm.runtime.tokenizer import load_tokenizer
 
 DATA_FILE = MODEL_FILE + ".data"
 # An export fails when max |delta logits| > tolerance * max(1, max |logits|): fp32 and opt must match
-# PyTorch to float32 rounding; int8 and fp16 change the numbers by design, and their bound only
-# catches a broken conversion (overflow, NaN, a wrong graph): measured int8 deltas are 0.4-2% of it.
-PARITY_RTOL = {"fp32": 1e-3, "opt": 1e-4, "int8": 0.1, "fp16": 0.1}
+# PyTorch to float32 rounding; int8, int4 and fp16 change the numbers by design, and their bound only
+# catches a broken conversion (overflow, NaN, a wrong graph). Their quality is held-out perplexity,
+# measured by benchmarks/int8_quality.py. 4 bits over a tiny random test model's 32-wide rows (one
+# block each) move its logits by up to ~35% of their range.
+PARITY_RTOL = {"fp32": 1e-3, "opt": 1e-4, "int8": 0.1, "int4": 0.5, "fp16": 0.1}
 TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
 
 Stage = Callable[[str], None]
@@ -181,25 +185,28 @@ def _decoder_graph(checkpoint: Path, variant: str) -> "onnx.ModelProto":
     try:
         with _quiet():
             model = build_decoder(checkpoint, dtype=np.float16 if variant == "fp16" else np.float32,
-                                  lm_head_as_matmul=variant == "int8")
+                                  lm_head_as_matmul=variant in ("int8", "int4"))
     except ValueError as exc:  # a GPT-2 variant the decoder graph does not cover
         raise UsageError(f"{checkpoint}: {exc}") from None
     except Exception as exc:  # transformers/safetensors raise many types for unloadable weights
         raise UsageError(f"cannot load {checkpoint} as a GPT-2 checkpoint: {_first_line(exc)}") from None
-    return _quantize_int8(model) if variant == "int8" else model
+    return _quantize(model, variant) if variant in ("int8", "int4") else model
 
 
-def _quantize_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+def _quantize(model: "onnx.ModelProto", variant: str) -> "onnx.ModelProto":
     from chatbot_llm.export import graph
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    # accuracy_level 4: int8 activations, quantized per row block, so rows stay independent
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    model = quantizer.model.model
-    graph.shared_int8_embedding(model)
+    if variant == "int8":
+        graph.per_row_int8(model)
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+        # accuracy_level 4: int8 activations quantized per row block, so rows stay independent
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer.process()
+        model = quantizer.model.model
+    graph.int8_embedding(model)
     return model
 
 

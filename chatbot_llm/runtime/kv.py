@@ -57,11 +57,11 @@ class KVBufferBatch:
         self.lengths = np.zeros(slots, np.int32)  # tokens in each slot's cache
         self.active = np.arange(slots)  # the slot of each row still generating, in row order
         shape = (slots, model.num_heads, self.capacity, model.head_dim)
-        if model.device == "cpu":
-            self.buffers = [np.zeros(shape, model.past_dtype) for _ in model.past_names]
-        else:  # on the device from the start; never copied back
+        if model.io_binding:  # OrtValues where the session runs (CUDA): the cache never leaves the device
             self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, model.past_dtype, model.device, 0)
                             for _ in model.past_names]
+        else:  # numpy arrays that onnxruntime reads and writes in place
+            self.buffers = [np.zeros(shape, model.past_dtype) for _ in model.past_names]
         self._bind_buffers()
 
     def _bind_buffers(self) -> None:
@@ -106,7 +106,7 @@ class KVBufferBatch:
         # compacting copies every live slot's buffer: worth it once half the slots are idle, so the
         # copies add up to at most about twice the cache over the whole batch; on a device, idle
         # slots cost little and the cache never leaves it
-        if self.model.device == "cpu" and 0 < live <= len(self.lengths) // 2:
+        if not self.model.io_binding and 0 < live <= len(self.lengths) // 2:
             self.buffers = [b[self.active] for b in self.buffers]
             self.lengths = self.lengths[self.active]
             self.active = np.arange(live)
