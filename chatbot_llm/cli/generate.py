@@ -173,9 +173,9 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
             # A resumed run starts at the first window boundary before the first missing prompt and
             # regenerates that window whole (writing only the missing rows): each prompt then sits in
             # the same batch as in an uninterrupted run.
-            # A seeded sampled run batches prompts of equal length only (see TextGenerator.generate), so it
-            # reads a wider window of prompts to find them; results are still written in file order.
-            window = batch_size * (8 if config.do_sample and config.seed is not None else 1)
+            # A seeded sampled run on fp32 batches prompts of equal length only (see TextGenerator.generate),
+            # so it reads a wider window of prompts to find them; results are still written in file order.
+            window = batch_size * (8 if generator.groups_by_length(config) else 1)
             first = skip - skip % window
             for chunk in _chunks(itertools.islice(read_prompts(prompt_file), first, None), window):
                 numbers = [n for n, _ in chunk]

@@ -108,13 +108,11 @@ def stream_key(line: int, sample: int) -> int:
 
 
 def run_cell(generator, cell: Cell, plan: Plan, batch_size: int) -> list[dict]:
-    from chatbot_llm.runtime.textgen import batches
-
     rows = [(line, prompt, s) for line, prompt in plan.prompts for s in range(plan.samples)]
     encoded = {line: generator.encode(prompt, cell.config) for line, prompt in plan.prompts}
     ids = [encoded[line] for line, _, _ in rows]
     results = [None] * len(rows)
-    for group in batches(ids, cell.config, batch_size):  # equal lengths together: see TextGenerator.generate
+    for group in generator.batches(ids, cell.config, batch_size):  # see TextGenerator.generate
         done = generator.generate_ids([ids[i] for i in group], cell.config,
                                       stream_keys=[stream_key(rows[i][0], rows[i][2]) for i in group])
         for i, result in zip(group, done):
