@@ -69,8 +69,7 @@ def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: i
                       *[f"{entry[m]:.3g}" for m in ("tokens", "distinct_2", "repetition_4gram", "perplexity")])
     Console().print(table)
     click.echo(f"wrote {out / 'results.jsonl'}, {out / 'summary.csv'}, {report}")
-
-
+    click.echo(f"open {report} to choose; keep a row with: chatbot-llm sweep-preset {out} --model M --rank N --name NAME")
 
 
 # ---------------------------------------------------------------- sweep-report
@@ -79,14 +78,11 @@ def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: i
 @click.argument("folder", type=click.Path(path_type=Path))
 def sweep_report(folder: Path) -> None:
     """Redraw FOLDER's report.html and summary.csv from its results.jsonl, without generating anything."""
-    from chatbot_llm.sweep.manifest import load_sweep
+    from chatbot_llm.sweep.manifest import load_finished
     from chatbot_llm.sweep.report import write_report
-    from chatbot_llm.sweep.run import RESULTS, read_results, summarize, write_summary
+    from chatbot_llm.sweep.run import write_summary
 
-    plan, manifest = load_sweep(folder)
-    keys = {c.key for c in plan.cells}
-    rows = [r for r in read_results(folder / RESULTS, repair=False) if r["cell"] in keys]
-    summary = summarize(plan, rows, manifest.get("rank_by"))
+    plan, manifest, rows, summary = load_finished(folder)
     write_summary(plan, summary)
     report = write_report(plan, summary, rows, manifest.get("rank_by"), manifest.get("variant"))
     click.echo(f"wrote {folder / 'summary.csv'}, {report} ({len(summary)} of {len(plan.cells)} combinations finished)")
@@ -110,63 +106,20 @@ def sweep_preset(folder: Path, model: str | None, rank: int, name: str | None, o
                  overwrite: bool) -> None:
     """Write one row of a sweep's report as a preset TOML, or as the model's default settings."""
     from chatbot_llm.errors import UsageError
-    from chatbot_llm.sweep.manifest import load_sweep
-    from chatbot_llm.sweep.preset import apply_to_checkpoint, pick, setting, toml_text
-    from chatbot_llm.sweep.run import RESULTS, read_results, summarize, write_atomic
+    from chatbot_llm.sweep.manifest import load_finished
+    from chatbot_llm.sweep.preset import apply_to_checkpoint, pick, preset_target, setting, write_preset
 
     if sum((name is not None, output_file is not None, apply)) != 1:
         raise UsageError("give one of --name NAME, --output-file FILE or --apply")
-    target = None
-    if name is not None:
-        target = check_preset_name(name)
-    elif output_file is not None:
-        target = output_file
-        if output_file.is_dir():
-            raise UsageError(f"--output-file {output_file} is a directory")
-        if not output_file.parent.is_dir():
-            raise UsageError(f"cannot write --output-file {output_file}: its folder does not exist")
-    if target is not None and target.exists() and not overwrite:
-        raise UsageError(f"{target} already exists; add --overwrite to replace it")
-    plan, manifest = load_sweep(folder)
-    if model is None:
-        if len(plan.models) > 1:
-            raise UsageError(f"this sweep ran {', '.join(plan.models)}; pick one with --model")
-        model = plan.models[0]
-    rows = read_results(folder / RESULTS, repair=False)
-    summary = summarize(plan, [r for r in rows if r["cell"] in {c.key for c in plan.cells}], manifest.get("rank_by"))
+    target = None if apply else preset_target(name, output_file, overwrite)
+    plan, manifest, _, summary = load_finished(folder)
     entry = pick(plan.models, summary, model, rank, manifest.get("rank_by"))
     config = next(c.config for c in plan.cells if c.key == entry["cell"])
     shown = ", ".join(f"{k}={v}" for k, v in setting(config).items())
     if apply:
-        from chatbot_llm.models import resolve_model
-
-        ref = resolve_model(entry["model"])
-        if ref.checkpoint is None:
-            raise UsageError(f"{entry['model']} is an export folder; --apply needs its checkpoint folder")
-        path = apply_to_checkpoint(ref.checkpoint, config)
+        path = apply_to_checkpoint(entry["model"], config)
         click.echo(f"wrote {shown} into {path}; {entry['model']} now runs with them by default")
         return
-    by = manifest.get("rank_by")
-    comments = [f"From the sweep in {folder}: {entry['model']}, rank {rank}"
-                + (f" by {by}" if by else "") + f" (combination {entry['cell']}).",
-                f"Its outputs are in {folder / 'report.html'}."]
-    if plan.seed is not None and plan.streams >= 2:
-        comments.append(f"With --seed {plan.seed}, batch on the sweep's prompt file writes its sample 1 of each prompt again.")
-    target.parent.mkdir(parents=True, exist_ok=True)  # the presets folder, on first use
-    write_atomic(target, toml_text(config, comments))
-    use = name if name is not None else str(target)
-    click.echo(f"wrote {target}: {shown}\nuse it with: chatbot-llm chat --model {entry['model']} --config {use}")
-
-
-def check_preset_name(name: str) -> Path:
-    """Where --name NAME goes; a UsageError for a name --config could not find again."""
-    import re
-
-    from chatbot_llm.config import presets_dir, user_presets_dir
-    from chatbot_llm.errors import UsageError
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-        raise UsageError(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes NAME.toml)")
-    if (presets_dir() / f"{name}.toml").is_file():
-        raise UsageError(f"--name {name} is a shipped preset; choose another name")
-    return user_presets_dir() / f"{name}.toml"
+    write_preset(target, config, plan, entry, rank, manifest.get("rank_by"))
+    click.echo(f"wrote {target}: {shown}\nuse it with: chatbot-llm chat --model {entry['model']} "
+               f"--config {name if name is not None else target}")

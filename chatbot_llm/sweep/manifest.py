@@ -15,7 +15,7 @@ from typing import Any
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.errors import UsageError
 from chatbot_llm.sweep.metrics import METRICS
-from chatbot_llm.sweep.run import RESULTS, Cell, Plan, write_atomic
+from chatbot_llm.sweep.run import RESULTS, Cell, Plan, read_results, summarize, write_atomic
 
 MANIFEST = "sweep.json"
 FORMAT = 1
@@ -50,8 +50,8 @@ def load_sweep(folder: Path) -> tuple[Plan, dict[str, Any]]:
         raise UsageError(f"sweep folder not found: {folder} (the --out of a sweep)")
     path = folder / MANIFEST
     if not path.is_file():
-        hint = (" (it has results.jsonl from a sweep older than sweep.json: rerun that sweep command with "
-                "the same --out; finished combinations are kept)" if (folder / RESULTS).is_file() else "")
+        hint = (" (its results.jsonl is from a sweep made before sweep.json; run that sweep again to make one)"
+                if (folder / RESULTS).is_file() else "")
         raise UsageError(f"{folder} is not a sweep folder: it has no {MANIFEST}{hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -64,3 +64,15 @@ def load_sweep(folder: Path) -> tuple[Plan, dict[str, Any]]:
     if data.get("rank_by") is not None and data["rank_by"] not in METRICS:
         raise UsageError(f"{path}: unknown rank_by {data['rank_by']!r}")
     return plan, data
+
+
+def load_finished(folder: Path) -> tuple[Plan, dict[str, Any], list[dict], list[dict]]:
+    """A sweep folder's plan, manifest, result rows and summary (ranked as its report is).
+
+    Only reads: a line cut short at the end of results.jsonl is skipped, not cut off, since a sweep
+    may be writing it right now.
+    """
+    plan, manifest = load_sweep(folder)
+    keys = {c.key for c in plan.cells}
+    rows = [r for r in read_results(Path(folder) / RESULTS, repair=False) if r["cell"] in keys]
+    return plan, manifest, rows, summarize(plan, rows, manifest.get("rank_by"))

@@ -8,6 +8,7 @@ generation_config.json, the seed's defaults) cannot change what the row ran with
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,12 @@ def ranked(summary: list[dict], model: str) -> list[dict]:
     return [e for e in summary if e["model"] == model]
 
 
-def pick(models: list[str], summary: list[dict], model: str, rank: int, rank_by: str | None) -> dict:
+def pick(models: list[str], summary: list[dict], model: str | None, rank: int, rank_by: str | None) -> dict:
     """The summary row of --model M --rank N, or a UsageError that says what there is."""
+    if model is None:
+        if len(models) > 1:
+            raise UsageError(f"this sweep ran {', '.join(models)}; pick one with --model")
+        model = models[0]
     chosen = next((m for m in models if m == model), None)
     if chosen is None:  # a checkpoint folder may be spelled another way
         chosen = next((m for m in models if Path(m).expanduser().resolve() == Path(model).expanduser().resolve()
@@ -70,11 +75,50 @@ def pick(models: list[str], summary: list[dict], model: str, rank: int, rank_by:
     return rows[rank - 1]
 
 
-def apply_to_checkpoint(folder: Path, config: GenerationConfig) -> Path:
-    """Write the setting into folder/generation_config.json, keeping its other keys; atomically."""
+def preset_target(name: str | None, output_file: Path | None, overwrite: bool) -> Path:
+    """Where --name NAME or --output-file FILE goes; a UsageError before any work when it cannot."""
+    from chatbot_llm.config import presets_dir, user_presets_dir
+
+    if name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise UsageError(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes NAME.toml)")
+        if (presets_dir() / f"{name}.toml").is_file():
+            raise UsageError(f"--name {name} is a shipped preset; choose another name")
+        target = user_presets_dir() / f"{name}.toml"
+    else:
+        target = output_file
+        if target.is_dir():
+            raise UsageError(f"--output-file {target} is a directory")
+        if not target.parent.is_dir():
+            raise UsageError(f"cannot write --output-file {target}: its folder does not exist")
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} already exists; add --overwrite to replace it")
+    return target
+
+
+def write_preset(target: Path, config: GenerationConfig, plan, entry: dict, rank: int, rank_by: str | None) -> None:
+    """The preset TOML, with comments that say where it came from and how to get its outputs again."""
+    from chatbot_llm.sweep.run import REPORT, write_atomic
+
+    comments = [f"From the sweep in {plan.out}: {entry['model']}, rank {rank}"
+                + (f" by {rank_by}" if rank_by else "") + f" (combination {entry['cell']}).",
+                f"Its outputs are in {Path(plan.out) / REPORT}."]
+    if plan.seed is not None and plan.streams >= 2:
+        comments.append(f"With --seed {plan.seed}, batch on the sweep's prompt file writes the first sample of "
+                        "each prompt again.")
+    target.parent.mkdir(parents=True, exist_ok=True)  # the presets folder, on first use
+    write_atomic(target, toml_text(config, comments))
+
+
+def apply_to_checkpoint(model: str, config: GenerationConfig) -> Path:
+    """Write the setting into the model's generation_config.json, keeping its other keys; atomically."""
+    from chatbot_llm.models import resolve_model
     from chatbot_llm.sweep.run import write_atomic
 
-    path = folder / "generation_config.json"
+    ref = resolve_model(model)
+    if ref.checkpoint is None:
+        raise UsageError(f"{model} is an export folder; --apply needs its checkpoint folder")
+    path = ref.checkpoint / "generation_config.json"
     data: dict[str, Any] = {}
     if path.is_file():
         try:
