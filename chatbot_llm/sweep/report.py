@@ -1,7 +1,7 @@
 """report.html: one self-contained page (no network) per sweep, to choose settings by looking.
 
-The page is report.html (markup, style and script, shipped in the package) with the sweep's data
-embedded as JSON; its script draws, per model, a trade-off plot (inline SVG), the table of
+The page is report_page.html with report.css and report.js inlined and the sweep's data embedded
+as JSON; the script draws, per model, a trade-off plot (inline SVG), the table of
 combinations (tinted, sortable, filterable, with each metric's spread), the outputs of the
 selected combination, a side-by-side matrix of the ticked ones, and each row as options, TOML and
 a `sweep-preset` command. ``report.html?sort=perplexity&dir=asc`` opens it sorted, and
@@ -19,7 +19,8 @@ import numpy as np
 from chatbot_llm.sweep.metrics import METRICS
 from chatbot_llm.sweep.preset import cli_options, quote, ranked, toml_text
 
-TEMPLATE = "report_template.html"
+# The page's markup, style and behaviour, shipped beside this module and inlined into each report.
+PAGE, STYLE, SCRIPT = "report_page.html", "report.css", "report.js"
 DATA_MARK = "SWEEP_DATA_JSON"
 
 
@@ -68,12 +69,14 @@ def report_data(plan, summary: list[dict], rows: list[dict], rank_by: str | None
 
 
 def render(plan, summary: list[dict], rows: list[dict], rank_by: str | None, variant: str | None = None) -> str:
-    template = resources.files("chatbot_llm.sweep").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    files = resources.files("chatbot_llm.sweep")
+    page, style, script = (files.joinpath(name).read_text(encoding="utf-8") for name in (PAGE, STYLE, SCRIPT))
+    template = page.replace("/*REPORT_STYLE*/", style).replace("/*REPORT_SCRIPT*/", script)
     data = json.dumps(report_data(plan, summary, rows, rank_by, variant), ensure_ascii=False)
     # inside <script>, "</script" would end the element early; "<" only occurs in JSON strings, where
     # \u003c is the same character
     data = data.replace("<", "\\u003c")
-    return template.replace(DATA_MARK, data)
+    return template.replace(DATA_MARK, data, 1)
 
 
 def write_report(plan, summary: list[dict], rows: list[dict], rank_by: str | None, variant: str | None = None) -> Path:

@@ -1,61 +1,4 @@
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>chatbot-llm sweep</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-.meta, .hint { color: #666; } .hint { font-size: 13px; }
-.top { display: flex; gap: 1.5em; align-items: flex-start; flex-wrap: wrap; }
-figure.plot { margin: 0; flex: 0 0 auto; }
-figure.plot svg.chart { display: block; background: #fcfcfc; border: 1px solid #e4e4e4; }
-figure.plot .axis text { font-size: 11px; fill: #555; } figure.plot .axis line { stroke: #e6e6e6; }
-figure.plot .label { font-size: 12px; fill: #333; }
-.point { cursor: pointer; } .point.dim { opacity: .15; }
-.ring { fill: none; stroke: none; stroke-width: 2.5; }
-.point.hover .ring { stroke: #999; } .point.selected .ring { stroke: #000; }
-.legend { font-size: 12px; color: #444; margin-top: .4em; max-width: 560px; }
-.legend div { display: flex; align-items: center; flex-wrap: wrap; }
-.legend span.item { display: inline-flex; align-items: center; gap: 2px; margin-right: .8em; }
-.legend b { font-weight: 600; min-width: 10em; }
-aside.detail { flex: 1 1 420px; min-width: 320px; border: 1px solid #ddd; border-radius: 6px; padding: .6em .9em; background: #fff; }
-aside.detail h3 { margin: .1em 0 .4em; font-size: 1.05em; }
-.output { white-space: pre-wrap; border-left: 3px solid #cbd5e0; padding: .2em .6em; margin: .4em 0; }
-.output .about { display: block; color: #777; font-size: 12px; }
-pre.snippet { background: #f6f8fa; padding: .4em .6em; white-space: pre-wrap; word-break: break-all; margin: .2em 0 .5em; font-size: 12px; }
-button.copy { font-size: 11px; margin-left: .5em; }
-.filters { margin: 1em 0 .3em; display: flex; gap: 1.5em; align-items: center; flex-wrap: wrap; }
-.filters input[type=number] { width: 6em; }
-table { border-collapse: collapse; margin: .3em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; vertical-align: top; }
-th { background: #f4f4f4; }
-table.summary th[data-key] { cursor: pointer; user-select: none; white-space: nowrap; }
-table.summary th[aria-sort=ascending]::after { content: " \25B2"; }
-table.summary th[aria-sort=descending]::after { content: " \25BC"; }
-table.summary th.rank-by { background: #fff3bf; }
-table.summary tbody tr { cursor: pointer; }
-table.summary tbody tr.hover td { outline: 1px solid #999; }
-table.summary tbody tr.selected td { background-image: linear-gradient(#0000, #0000); box-shadow: inset 0 2px 0 #000, inset 0 -2px 0 #000; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td .spread { display: block; color: #666; font-size: 11px; }
-table.matrix td { max-width: 32em; white-space: pre-wrap; }
-table.matrix .sample-text + .sample-text { border-top: 1px dashed #ccc; margin-top: .3em; padding-top: .3em; }
-.prompt { font-weight: 600; }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; }
-</style>
-</head>
-<body>
-<h1>chatbot-llm sweep</h1>
-<p class="meta" id="meta"></p>
-<p class="hint">Each point is one combination of settings. Left is more coherent (lower perplexity under the
-model), up is more varied. Hover or click a point, or a row, to read its outputs; tick 2 to 4 rows to read them
-side by side. Each combination shows the options and the TOML that give it, and the <code>sweep-preset</code>
-command that writes it as a preset.</p>
-<div id="models"></div>
-<script type="application/json" id="sweep-data">SWEEP_DATA_JSON</script>
-<script>
+// report.html's behaviour: reads the sweep's data (JSON in the page) and draws everything from it.
 "use strict";
 const DATA = JSON.parse(document.getElementById("sweep-data").textContent);
 const METRICS = Object.keys(DATA.metrics);
@@ -476,6 +419,3 @@ if (params.get("sort"))
 // ?click=KEY,KEY,... clicks those headers in order, exactly as a reader would
 (params.get("click") || "").split(",").filter(Boolean).forEach(key =>
   document.querySelectorAll(`table.summary th[data-key="${key}"]`).forEach(th => th.click()));
-</script>
-</body>
-</html>
