@@ -103,7 +103,7 @@ CASES = {
     "max-length-zero": (["--max-length", "0"], 2, "--max-length must be >= 1"),
     "no-repeat-ngram-size-negative": (["--no-repeat-ngram-size", "-1"], 2, "--no-repeat-ngram-size must be >= 0"),
     "seed-negative": (["--seed", "-1"], 2, "--seed must be in [0, 2**63)"),
-    "variant-unknown": (["--variant", "int4"], 2, "'int4' is not one of"),
+    "variant-unknown": (["--variant", "int3"], 2, "'int3' is not one of"),
     "device-unknown": (["--device", "tpu"], 2, "'tpu' is not one of"),
     "config-unknown-key": (["--config", "MAKE"], 2, "unknown key 'temprature'"),
     "config-bad-toml": (["--config", "MAKE"], 2, "is not valid TOML"),

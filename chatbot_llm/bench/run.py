@@ -14,7 +14,7 @@ from typing import Callable
 from chatbot_llm.errors import ChatbotError, UsageError
 
 BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4", "onnx-fp16")
-DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4", "cuda": "torch,onnx-fp32,onnx-opt,onnx-fp16"}
+DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4", "cuda": "torch,onnx-fp32,onnx-fp16"}
 CT2_BACKENDS = ("ct2-int8", "ct2-fp32")
 
 

@@ -89,6 +89,11 @@ class OnnxCausalLM:
         first = inputs[self.past_names[0]]
         self.num_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.past_dtype = _ORT_DTYPES[first.type]
+        if self.device == "cuda" and self.buffered and self.past_dtype != np.float16:
+            # GroupQueryAttention has CUDA kernels for float16/bfloat16 only (and the integer GEMMs of
+            # int8 none): onnxruntime would run those nodes on the CPU, across the device's KV buffer
+            raise UsageError(f"{model_path} is a CPU variant of the decoder graph; on --device cuda run "
+                             "--variant fp16 (the default there) or fp32")
         # opt and int8 exports compute logits for the last position only when asked (export/graph.py)
         self.last_only = {"logits_to_keep": np.ones(1, np.int64)} if "logits_to_keep" in inputs else {}
         self.output_names = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
