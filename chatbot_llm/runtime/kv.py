@@ -56,6 +56,7 @@ class KVBufferBatch:
         slots = len(prompts)
         self.lengths = np.zeros(slots, np.int32)  # tokens in each slot's cache
         self.active = np.arange(slots)  # the slot of each row still generating, in row order
+        self.prefilled = False
         shape = (slots, model.num_heads, self.capacity, model.head_dim)
         if model.io_binding:  # OrtValues where the session runs (CUDA): the cache never leaves the device
             self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, model.past_dtype, model.device, 0)
@@ -73,23 +74,24 @@ class KVBufferBatch:
 
     def forward(self, tokens: np.ndarray | None) -> np.ndarray:
         slots = len(self.lengths)
-        if tokens is None:  # the prompts, all slots at once
+        new = np.zeros(slots, np.int32)  # tokens each slot takes in this step; 0 leaves a slot idle
+        if tokens is None:  # the prompts, all slots at once (less any row dropped before they ran)
             ids, positions = right_pad(self.prompts)
-            new = np.array([len(p) for p in self.prompts], np.int32)
-            last = np.arange(slots) * ids.shape[1] + new - 1  # flat index of each prompt's last token
-        else:  # one token for each active row; idle slots take part with 0 new tokens
+            new[self.active] = [len(self.prompts[slot]) for slot in self.active]
+            last = self.active * ids.shape[1] + new[self.active] - 1  # flat index of each last token
+        else:  # one token for each active row
             ids, positions = np.zeros((slots, 1), np.int64), np.zeros((slots, 1), np.int64)
             ids[self.active, 0] = tokens
             positions[self.active, 0] = self.lengths[self.active]
-            new = np.zeros(slots, np.int32)
             new[self.active] = 1
             last = self.active
         self.lengths += new
+        self.prefilled = True
         feeds = {
             "input_ids": ids,
             "position_ids": positions,
-            # an idle slot keeps its length; a slot never emptied has length >= 1 from its prompt
-            "seqlens_k": self.lengths - 1,
+            # an idle slot keeps its length (one dropped before its prompt ran: 0, read as 1 and unused)
+            "seqlens_k": np.maximum(self.lengths - 1, 0),
             "query_seqlens": new,
             "total_sequence_length": np.array(self.capacity, np.int32),
             "logits_index": last.astype(np.int64),
@@ -101,12 +103,13 @@ class KVBufferBatch:
         return self.binding.get_outputs()[-1].numpy()  # bound last: (active rows, vocab) float32
 
     def keep(self, mask: np.ndarray) -> None:
+        """Drop rows (a mask over the active rows), before or after the prompts ran."""
         self.active = self.active[mask]
         live = len(self.active)
         # compacting copies every live slot's buffer: worth it once half the slots are idle, so the
         # copies add up to at most about twice the cache over the whole batch; on a device, idle
         # slots cost little and the cache never leaves it
-        if not self.model.io_binding and 0 < live <= len(self.lengths) // 2:
+        if self.prefilled and not self.model.io_binding and 0 < live <= len(self.lengths) // 2:
             self.buffers = [b[self.active] for b in self.buffers]
             self.lengths = self.lengths[self.active]
             self.active = np.arange(live)
@@ -135,3 +138,4 @@ class GrowingCacheBatch:
         self.cache = self.cache.select(mask)
         self.attention_mask = self.attention_mask[mask]
         self.lengths = self.lengths[mask]
+        self.ids, self.positions = self.ids[mask], self.positions[mask]  # before the prompts ran
