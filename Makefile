@@ -18,10 +18,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 setup: $(VENV)/.installed
 
-# For --device cuda: onnxruntime-gpu in place of onnxruntime (both provide the onnxruntime module).
+# For --device cuda: onnxruntime-gpu in place of onnxruntime (both provide the onnxruntime module), with
+# the CUDA runtime and cuDNN as pip packages (its cuda and cudnn extras): only the NVIDIA driver is needed.
 setup-gpu: setup
 	$(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.21'
+	$(BIN)/python -m pip install --quiet 'onnxruntime-gpu[cuda,cudnn]>=1.21'
 	$(BIN)/python -c "import onnxruntime as o; print('onnxruntime providers:', o.get_available_providers())"
 
 # MODEL=checkpoints/<shape> (gpt2-124m or tiny) is made on first use: a random-weights GPT-2 of that

@@ -24,7 +24,7 @@ from chatbot_llm.models import load_text_generator
 from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir, load_tokenizer
 from chatbot_llm.train.corpus import blocks, read_records, split_records, token_stream
 
-VARIANTS = ("fp32", "opt", "int8")
+VARIANTS = ("fp32", "opt", "int8", "int4")
 
 
 def heldout_blocks(folder: Path, limit: int) -> np.ndarray:

@@ -85,16 +85,19 @@ def _jsonl_prompt(line: str, number: int, path: Path) -> str:
     return row["prompt"].strip()
 
 
-def prompt_windows(prompt_file: Path, config, batch_size: int, skip: int = 0):
-    """(ordinal of the first prompt, windows of (line number, prompt)): the groups batch generates together.
+def prompt_windows(prompt_file: Path, batch_size: int, skip: int = 0, wide: bool = False):
+    """(ordinal of the first prompt, windows of (line number, prompt)): the prompts batch hands to
+    one generate() call, which runs them max_batch at a time.
 
     A resumed run starts at the window boundary before the first missing prompt and regenerates
     that window whole (writing only the missing rows): each prompt then sits in the same batch as in
-    an uninterrupted run. A seeded sampled run batches prompts of equal length only (see
-    TextGenerator.generate), so it reads a wider window to find them. A local run and a Ray run
-    cut the file into the same windows.
+    an uninterrupted run. wide: a seeded sampled run on a graph that batches prompts of equal length
+    only (TextGenerator.groups_by_length) reads 8 batches' worth to find them; results are still
+    written in file order. A wide window of prompts that are not grouped by length is cut into the
+    same batches as 8 narrow ones, so a Ray run, whose driver does not load the model, uses the wide
+    window for every seeded sampled run and gets a local run's batches either way.
     """
-    window = batch_size * (8 if config.do_sample and config.seed is not None else 1)
+    window = batch_size * (8 if wide else 1)
     first = skip - skip % window
     return first, _chunks(itertools.islice(read_prompts(prompt_file), first, None), window)
 

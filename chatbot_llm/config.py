@@ -192,15 +192,25 @@ def presets_dir() -> Path:
     return Path(str(resources.files("chatbot_llm") / "presets"))
 
 
+def user_presets_dir() -> Path:
+    """Presets of your own (`sweep-preset --name`): presets/ beside models/ in the project root."""
+    from chatbot_llm.models import project_root  # models imports this module
+
+    return project_root() / "presets"
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+    return sorted({p.stem for folder in (presets_dir(), user_presets_dir()) for p in folder.glob("*.toml")})
 
 
 def config_path(name: str | Path) -> Path:
-    """A --config value: a TOML file, or the name of a preset shipped with the package (seed, dream, ...)."""
+    """A --config value: a TOML file, or the name of a preset shipped with the package (seed, dream, ...)
+    or written by `sweep-preset --name`."""
     path = Path(name)
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (presets_dir() / f"{name}.toml").is_file():
-        return presets_dir() / f"{name}.toml"
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        for folder in (presets_dir(), user_presets_dir()):
+            if (folder / f"{name}.toml").is_file():
+                return folder / f"{name}.toml"
     return path
 
 

@@ -19,7 +19,8 @@ from typing import Sequence
 
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.errors import UsageError
-from chatbot_llm.runtime.generator import RowResult, TokenCallback, left_pad
+from chatbot_llm.runtime.generator import RowResult, TokenCallback
+from chatbot_llm.runtime.kv import left_pad
 
 
 class TorchBaseline:

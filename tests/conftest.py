@@ -54,7 +54,7 @@ def exports(tiny_checkpoint, chatbot_home) -> dict[str, Path]:
     from chatbot_llm.models import ensure_export, resolve_model
 
     ref = resolve_model(str(tiny_checkpoint))
-    return {v: ensure_export(ref, v, on_stage=lambda s: None) for v in ("fp32", "opt", "int8")}
+    return {v: ensure_export(ref, v, on_stage=lambda s: None) for v in ("fp32", "opt", "int8", "int4")}
 
 
 def run_cli(*args: str, stdin: str | None = None, cwd: Path | None = None, module: bool = True,

@@ -59,7 +59,25 @@ def _corrupt_export(tmp: Path, exports) -> Path:
     return copy
 
 
-# id: (arguments after "batch PROMPTS --model CKPT" unless they say otherwise, exit status, message fragment)
+def _sweep_folder(tmp: Path) -> Path:
+    """A finished sweep of model "tiny" over two temperatures, written as sweep would (no generation)."""
+    from chatbot_llm.config import GenerationConfig
+    from chatbot_llm.sweep.manifest import write_manifest
+    from chatbot_llm.sweep.run import Cell, Plan, append_rows
+
+    base = GenerationConfig(max_new_tokens=3, seed=0)
+    cells = [Cell("tiny", {"temperature": t}, base.replace(temperature=t), f"cell{i}") for i, t in enumerate((0.7, 1.0))]
+    plan = Plan(["tiny"], {"temperature": [0.7, 1.0]}, [(1, "hello")], 1, cells, tmp / "sweep", 0, "p.txt")
+    write_manifest(plan, "perplexity", None, "cpu")
+    metrics = {"tokens": 3, "distinct_1": 1.0, "distinct_2": 1.0, "repetition_4gram": 0.0, "mean_logprob": -1.0,
+               "perplexity": 2.7, "seconds": 0.1}
+    append_rows(plan.out / "results.jsonl", [
+        {"model": "tiny", "cell": c.key, "params": c.params, "prompt_line": 1, "prompt": "hello", "sample": 0,
+         "response": "hi", "finish_reason": "length", **metrics} for c in cells])
+    return plan.out
+
+
+# id: (arguments after "batch PROMPTS --model CKPT" unless they name a command, exit status, message fragment)
 # Placeholders: PROMPTS (a good prompt file), CKPT (a tiny checkpoint), TMP (an empty folder), and MAKE, the
 # path the case's maker in MAKERS returns.
 CASES = {
@@ -85,7 +103,7 @@ CASES = {
     "max-length-zero": (["--max-length", "0"], 2, "--max-length must be >= 1"),
     "no-repeat-ngram-size-negative": (["--no-repeat-ngram-size", "-1"], 2, "--no-repeat-ngram-size must be >= 0"),
     "seed-negative": (["--seed", "-1"], 2, "--seed must be in [0, 2**63)"),
-    "variant-unknown": (["--variant", "int4"], 2, "'int4' is not one of"),
+    "variant-unknown": (["--variant", "int3"], 2, "'int3' is not one of"),
     "device-unknown": (["--device", "tpu"], 2, "'tpu' is not one of"),
     "config-unknown-key": (["--config", "MAKE"], 2, "unknown key 'temprature'"),
     "config-bad-toml": (["--config", "MAKE"], 2, "is not valid TOML"),
@@ -113,6 +131,17 @@ CASES = {
     "ray-address-unreachable": (["--ray", "127.0.0.1:1"], 1, "cannot reach the Ray cluster at "),
     "ray-address-malformed": (["--ray", "nowhere"], 2, "is not an address; give auto, HOST:PORT"),
     "ray-options-without-ray": (["--workers", "2"], 2, "--workers and --threads go with --ray"),
+    "sweep-preset-rank-out-of-range": (["sweep-preset", "MAKE", "--rank", "9", "--name", "x"], 2,
+                                       "has ranks 1 to 2 (best perplexity first)"),
+    "sweep-preset-rank-not-a-number": (["sweep-preset", "MAKE", "--rank", "first", "--name", "x"], 2,
+                                       "'first' is not a valid integer"),
+    "sweep-preset-unknown-model": (["sweep-preset", "MAKE", "--model", "tiyn", "--name", "x"], 2,
+                                   "; name one of them"),
+    "sweep-preset-no-target": (["sweep-preset", "MAKE"], 2, "give one of --name NAME, --output-file FILE or --apply"),
+    "sweep-preset-shipped-name": (["sweep-preset", "MAKE", "--name", "dream"], 2, "is a shipped preset"),
+    "sweep-preset-exists": (["sweep-preset", "MAKE", "-o", "MAKE/results.jsonl"], 2,
+                            "already exists; add --overwrite"),
+    "sweep-not-a-sweep-folder": (["sweep-report", "TMP"], 2, "is not a sweep folder: it has no sweep.json"),
 }
 
 MAKERS = {
@@ -130,6 +159,7 @@ MAKERS = {
     "prompt-of-one-megabyte": _file("huge.txt", "x" * 1_000_000 + "\n"),
     "prompt-longer-than-context-truncated": _file("long.txt", " ".join(["dream"] * 200) + "\n"),
     "output-exists": _file("out.txt", "earlier results\n"),
+    **{case: _sweep_folder for case in CASES if case.startswith("sweep-preset")},
 }
 
 GREEDY = ["--greedy", "--max-new-tokens", "3"]  # before a case's own options, which win over them
@@ -153,10 +183,10 @@ def test_bad_input(case, tmp_path, tiny_checkpoint, exports, capsys, monkeypatch
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
         monkeypatch.setattr(batchio, "open", denied, raising=False)
-    if argv[0] != "batch":
+    if argv[0].startswith("-"):
         sampling = "--temperature" in argv  # these cases are about sampling, so no --greedy
         argv = ["batch", "PROMPTS", "--model", "CKPT", *(GREEDY[1:] if sampling else GREEDY), *argv]
-    else:
+    elif argv[0] == "batch":
         argv = [*argv, *GREEDY]
     replace = {"PROMPTS": str(prompts), "CKPT": str(tiny_checkpoint), "TMP": str(tmp_path), "MAKE": str(made)}
     argv = [re.sub(r"^(PROMPTS|CKPT|TMP|MAKE)", lambda m: replace[m.group(1)], a) for a in argv]

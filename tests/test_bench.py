@@ -12,14 +12,15 @@ import pytest
 
 from tests.conftest import error_lines, run_cli
 
-BACKENDS = ["torch", "onnx-fp32", "onnx-opt", "onnx-int8"]
+BACKENDS = ["torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4"]
 
 
 @pytest.fixture(scope="module")
 def smoke(tiny_checkpoint, exports, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     result = run_cli("bench", "--model", str(tiny_checkpoint), "--new-tokens", "2", "--repeats", "1",
-                     "--batch-sizes", "1,3", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"))
+                     "--batch-sizes", "1,3", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"),
+                     "--cli-path")
     assert result.returncode == 0, result.stderr
     return result, json.loads((out / "bench.json").read_text()), out / "bench.png"
 
@@ -28,15 +29,18 @@ def test_bench_prints_a_table_of_every_backend(smoke):
     result, _, _ = smoke
     for name in BACKENDS:
         assert name in result.stdout
-    for column in ("ms/token", "tok/s b1", "tok/s b3", "peak RSS MB", "greedy = torch"):
+    for column in ("ms/token", "tok/s b1", "tok/s b3", "peak RSS MB", "greedy = torch", "batch path ms/token"):
         assert column in result.stdout
     assert "x torch per decoded token" in result.stdout
 
 
 def test_bench_json_holds_every_figure(smoke, tiny_checkpoint):
     _, report, _ = smoke
+    from chatbot_llm.bench.run import default_threads
+
     assert report["settings"] == {"batch_sizes": [1, 3], "prompt_tokens": 20, "new_tokens": 2, "repeats": 1,
-                                  "threads": None, "device": "cpu"}
+                                  "threads": default_threads(), "device": "cpu", "cli_path": True}
+    assert report["machine"]["versions"]["onnxruntime"].startswith("onnxruntime ")  # the module imported
     assert report["model"] == str(tiny_checkpoint) and report["machine"]["cores"] >= 1
     assert list(report["results"]) == BACKENDS
     for name, figures in report["results"].items():
@@ -45,6 +49,9 @@ def test_bench_json_holds_every_figure(smoke, tiny_checkpoint):
             assert figures[key] > 0, (name, key)
         assert set(figures["throughput"]) == {"1", "3"}
         assert figures["greedy_agreement"]["rows"] == 3
+        # the batch path: TextGenerator with the model's own (sampling) defaults, one prompt at a time
+        path = figures["cli_path"]
+        assert path["ms_per_token"] > 0 and path["prompts"] == 3 and path["settings"]["do_sample"] is True
         # each backend ran in a process of its own: only the torch worker imported torch
         assert figures["torch_imported"] == (name == "torch")
     assert report["results"]["torch"]["greedy_agreement"]["rows_identical"] == 3
@@ -59,7 +66,7 @@ def test_bench_plot_is_a_png(smoke):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--backends", "torch,onnx-int4"], "unknown backend 'onnx-int4'"),
+        (["--backends", "torch,onnx-int3"], "unknown backend 'onnx-int3'"),
         (["--backends", ","], "--backends is empty"),
         (["--batch-sizes", "1,x"], "whole numbers"),
         (["--batch-sizes", "0"], "at least 1"),

@@ -112,7 +112,7 @@ def test_bot_wcorpus_manual_mode(exports, tiny_checkpoint):
 
 def test_export_and_models_commands(exports, tiny_checkpoint):
     again = run_cli("export", str(tiny_checkpoint), "--variant", "all")
-    assert again.returncode == 0 and again.stdout.count("up to date") == 3
+    assert again.returncode == 0 and again.stdout.count("up to date") >= 4  # fp16 too once test_device made it
     listing = run_cli("models", "--json")
     rows = json.loads(listing.stdout)
     assert {r["name"] for r in rows} >= {"dream", "email"}
@@ -150,7 +150,7 @@ def _empty(tmp_path):
         (("--top-k", "-1"), 2, "--top-k must be >= 0"),
         (("--max-new-tokens", "0"), 2, "--max-new-tokens must be >= 1"),
         (("--temperature", "hot"), 2, "'hot' is not a valid float"),
-        (("--variant", "int4"), 2, "'int4' is not one of"),
+        (("--variant", "int3"), 2, "'int3' is not one of"),
     ],
 )
 def test_bad_options_get_one_line(exports, tiny_checkpoint, prompt_file, tmp_path, args, code, message):

@@ -81,6 +81,17 @@ def test_a_cuda_provider_that_does_not_start_is_an_error_or_a_fallback(monkeypat
     assert said and "did not start" in said[0]
 
 
+@pytest.mark.parametrize("variant", ["opt", "int8", "int4"])
+def test_cpu_variants_of_the_decoder_graph_are_refused_on_cuda(exports, monkeypatch, variant):
+    """Their attention (float32) and integer GEMMs have no CUDA kernels: onnxruntime would run them on
+    the CPU across the device's KV buffer. fp16 is the variant for the GPU."""
+    monkeypatch.setattr(device_module, "resolve_device", lambda device, on_stage=None: "cuda")
+    monkeypatch.setattr(device_module, "providers_for", lambda device: ["CPUExecutionProvider"])
+    monkeypatch.setattr(device_module, "started_on", lambda session, requested, on_stage: "cuda")
+    with pytest.raises(UsageError, match="CPU variant of the decoder graph.*--variant fp16"):
+        OnnxCausalLM(exports[variant] / "model.onnx", device="cuda")
+
+
 def test_unknown_device_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown device"):
         device_module.resolve_device("tpu")

@@ -22,11 +22,12 @@ def test_manifest_records_source_tools_and_parity(exports, tiny_checkpoint):
         assert len(manifest["source"]["sha256"]) == 64 and manifest["source"]["path"] == str(tiny_checkpoint)
         assert {"torch", "transformers", "optimum-onnx", "onnxruntime"} <= set(manifest["tools"])
         parity = manifest["parity"]
-        if variant == "int8":  # recorded, not required: quantization moves logits
+        if variant in ("int8", "int4"):  # recorded, not required: quantization moves logits
             assert 0 < parity["max_abs_logits_delta"] < parity["max_abs_logits"]
             assert 0.0 <= parity["greedy_token_agreement"] <= 1.0
         else:
-            assert parity["max_abs_logits_delta"] <= 1e-3 * max(1.0, parity["max_abs_logits"])
+            bound = 1e-4 if variant == "opt" else 1e-3  # the decoder graph: within 1e-4 of PyTorch's logits
+            assert parity["max_abs_logits_delta"] <= bound * max(1.0, parity["max_abs_logits"])
             assert parity["greedy_token_agreement"] == 1.0
         assert {"model.onnx", "tokenizer.json", "config.json", "generation_config.json"} <= {
             p.name for p in folder.iterdir()

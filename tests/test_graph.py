@@ -1,4 +1,4 @@
-"""The graph rewrites of opt and int8 (export/graph.py) change how the model computes, not what."""
+"""The decoder graph of opt and int8 (export/decoder.py, export/graph.py): what it is made of, and that\nits KV buffer changes how the model computes, never what."""
 
 from __future__ import annotations
 
@@ -8,69 +8,127 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from chatbot_llm.runtime.generator import left_pad
 from chatbot_llm.runtime.onnx_model import OnnxCausalLM
 from tests.conftest import make_checkpoint
 
 
-def _feeds(model: OnnxCausalLM) -> dict:
-    ids, mask, positions = left_pad([[464, 3290, 373, 257], [40, 1101]], 50256)
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    feeds.update(zip(model.past_names, model.empty_cache(2).tensors))
+def _decoder_feeds(ids: list[int], layers: int = 2, heads: int = 2, head_dim: int = 16) -> dict:
+    x = np.array([ids], np.int64)
+    n = np.array([len(ids)], np.int32)
+    feeds = {"input_ids": x, "position_ids": np.arange(len(ids))[None], "seqlens_k": n - 1, "query_seqlens": n,
+             "total_sequence_length": np.array(len(ids), np.int32), "logits_index": np.arange(len(ids))}
+    feeds.update({f"past_key_values.{i}.{k}": np.zeros((1, heads, 0, head_dim), np.float32)
+                  for i in range(layers) for k in ("key", "value")})
     return feeds
 
 
+@pytest.mark.parametrize("variant", ["opt", "int8", "int4"])
+def test_decoder_graph_has_one_fused_attention_per_layer_and_no_cache_plumbing(exports, variant):
+    graph = onnx.load(str(exports[variant] / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GroupQueryAttention") == 2  # the tiny model's layers
+    assert not {"Concat", "Transpose", "Where", "Shape", "Slice"} & set(ops)
+    fp32 = onnx.load(str(exports["fp32"] / "model.onnx"), load_external_data=False).graph
+    if variant == "opt":  # int8 adds the per-row quantization of each MatMul's input (9 nodes each)
+        assert len(ops) < 40 and len(fp32.node) > 4 * len(ops)
+
+
 @pytest.mark.parametrize("variant", ["opt", "int8"])
-def test_logits_to_keep_gives_the_last_positions_logits_alone(exports, variant):
+def test_logits_of_every_position_equal_a_step_by_step_decode_of_the_kv_buffer(exports, variant):
+    """One pass over a whole text (scoring) and prefill + one token at a time through the KV buffer
+    (generation) give the same logits at every position."""
     model = OnnxCausalLM(exports[variant] / "model.onnx")
-    feeds = _feeds(model)
-    full = model.session.run(["logits"], feeds)[0]  # the default keeps every position
-    last = model.session.run(["logits"], {**feeds, "logits_to_keep": np.array([1], np.int64)})[0]
-    assert full.shape[1] == 4 and last.shape[1] == 1
-    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
-    # and forward(), which generation uses, asks for the last position only
-    logits, _ = model.forward(feeds["input_ids"], feeds["attention_mask"], feeds["position_ids"], model.empty_cache(2))
-    np.testing.assert_allclose(logits, full[:, -1], atol=1e-5)
+    ids = [464, 3290, 373, 257, 1110, 13, 40, 1101]
+    whole = model.prompt_logits(ids)
+    cache = model.start([ids[:3]], capacity=len(ids), pad_id=50256)
+    steps = [cache.forward(None)[0]] + [cache.forward(np.array([t]))[0] for t in ids[3:]]
+    np.testing.assert_allclose(np.stack(steps), whole[2:], atol=1e-4 * max(1, np.abs(whole).max()))
+
+
+@pytest.mark.parametrize("variant", ["opt", "int8", "int4"])
+def test_a_row_in_the_kv_buffer_gets_bit_identical_logits_to_the_row_alone(exports, variant):
+    """Right padding, idle slots of finished rows and the compaction of the buffer leave every other
+    row's numbers exactly as when it runs alone: the ground of batch invariance."""
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, 50257, size=n)) for n in (1, 7, 3, 12, 5, 9)]
+    nexts = rng.integers(0, 50257, size=(8, len(prompts)))
+    leave_after = [2, 8, 1, 5, 8, 3]  # steps each row takes before it leaves the batch
+
+    def run(rows: list[int]) -> dict[int, list[np.ndarray]]:
+        cache = model.start([prompts[r] for r in rows], capacity=30, pad_id=50256)
+        seen = {r: [] for r in rows}
+        logits, live = cache.forward(None), list(rows)
+        for step in range(8):
+            for r, l in zip(live, logits):
+                seen[r].append(l)
+            keep = np.array([leave_after[r] > step + 1 for r in live])
+            live = [r for r, k in zip(live, keep) if k]
+            if not live:
+                break
+            if not keep.all():
+                cache.keep(keep)
+            logits = cache.forward(np.array([nexts[step, r] for r in live]))
+        return seen
+
+    together = run(list(range(len(prompts))))
+    for r in range(len(prompts)):
+        alone = run([r])[r]
+        assert len(alone) == len(together[r]) == leave_after[r]
+        for a, b in zip(alone, together[r]):
+            np.testing.assert_array_equal(a, b)
 
 
 def _initializers(path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_int8_has_no_float_weight_matrix_left_but_the_position_table(exports):
-    graph = onnx.load(str(exports["int8"] / "model.onnx")).graph
+@pytest.mark.parametrize("variant", ["int8", "int4"])
+def test_quantized_graphs_have_no_float_weight_matrix_left_but_the_position_table(exports, variant):
+    graph = onnx.load(str(exports[variant] / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
-    assert "GatherBlockQuantized" in ops and "Gemm" not in ops
-    floats = {name: a.shape for name, a in _initializers(exports["int8"] / "model.onnx").items()
-              if a.dtype == np.float32 and a.ndim == 2 and min(a.shape) > 1 and "scales" not in name}
+    assert "MatMul" not in ops and {"int8": "MatMulIntegerToFloat", "int4": "MatMulNBits"}[variant] in ops
+    floats = {name: a.shape for name, a in _initializers(exports[variant] / "model.onnx").items()
+              if a.dtype == np.float32 and a.ndim == 2 and min(a.shape) > 1 and "scale" not in name}
     assert floats == {"transformer.wpe.weight": (64, 32)}
 
 
-def test_int8_embedding_is_lm_heads_int8_weight_dequantized(exports):
-    """The shared table: embedding row v equals lm_head's dequantized row v."""
-    weights = _initializers(exports["int8"] / "model.onnx")
-    q = weights["transformer.wte.weight_transposed_Q8"].reshape(50257, -1).astype(np.float32) - 128
-    scales = np.repeat(weights["transformer.wte.weight_transposed_scales"].reshape(50257, -1), 32, axis=1)
-    # read the embedding through an extra output of a copy of the graph
-    model = onnx.load(str(exports["int8"] / "model.onnx"))
-    gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
-    embedded = next(n for n in model.graph.node if gather.output[0] in n.input).output[0]  # after its Reshape
+def _embedding_rows(folder, ids: list[int]) -> np.ndarray:
+    """The token embedding the graph computes, read through an extra output of a copy of the graph."""
+    model = onnx.load(str(folder / "model.onnx"))
+    embedded = next(n for n in model.graph.node if n.name == "wte/dequantize").output[0]
     model.graph.output.append(onnx.helper.make_tensor_value_info(embedded, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    feeds = {"input_ids": np.array([[5, 50256, 1234]]), "attention_mask": np.ones((1, 3), np.int64),
-             "position_ids": np.arange(3)[None]}
-    feeds.update({n: np.zeros((1, 2, 0, 16), np.float32) for n in names if n.startswith("past")})
-    out = session.run([embedded], feeds)[0]
-    np.testing.assert_allclose(out[0], (q * scales)[[5, 50256, 1234]], rtol=1e-6, atol=1e-7)
+    return session.run([embedded], _decoder_feeds(ids))[0][0]
+
+
+def test_int8_embedding_is_lm_heads_int8_weight_dequantized(exports):
+    """One int8 table for both: embedding row v equals lm_head's dequantized column v."""
+    weights = _initializers(exports["int8"] / "model.onnx")
+    assert "transformer.wte.weight" not in weights  # the float table is gone
+    head = weights["lm_head.weight.T.int8"].astype(np.float32) * weights["lm_head.weight.T.scale"]
+    ids = [5, 50256, 1234]
+    np.testing.assert_allclose(_embedding_rows(exports["int8"], ids), head[:, ids].T, rtol=1e-6, atol=1e-7)
 
 
 def test_untied_checkpoint_keeps_its_own_embedding_in_int8(tmp_path):
-    """A fine-tune with untied lm_head: the embedding cannot come from lm_head, and is kept."""
+    """A fine-tune with untied lm_head: the embedding cannot come from lm_head; it is its own table,
+    quantized to int8 rows."""
+    import torch
+
     from chatbot_llm.models import ensure_export, resolve_model
 
     checkpoint = make_checkpoint(tmp_path / "untied", tie_word_embeddings=False)
+    torch.manual_seed(1)  # make lm_head really differ from the embedding
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(checkpoint)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(checkpoint)
+    wte = model.transformer.wte.weight.detach().numpy()
     folder = ensure_export(resolve_model(str(checkpoint)), "int8", on_stage=lambda s: None)
-    graph = onnx.load(str(folder / "model.onnx")).graph
-    assert "GatherBlockQuantized" not in {n.op_type for n in graph.node}
-    assert _initializers(folder / "model.onnx")["transformer.wte.weight"].shape == (50257, 32)
+    weights = _initializers(folder / "model.onnx")
+    ids = [5, 50256, 1234]
+    step = weights["wte.scale"][ids][:, None]
+    assert np.all(np.abs(_embedding_rows(folder, ids) - wte[ids]) <= step * 0.501 + 1e-7)

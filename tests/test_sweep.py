@@ -1,14 +1,11 @@
-"""`chatbot-llm sweep`: the grid, the rows and metrics, resume, presets, and the report in a real browser."""
+"""`chatbot-llm sweep`: the grid, the rows and metrics, resume and presets (the report: test_sweep_report.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
-import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -152,43 +149,3 @@ def test_presets_are_usable_by_name_on_every_command(tiny_checkpoint, exports, t
     assert json.loads(result.stdout)["params"]["temperature"] == 1.7
     missing = run_cli("batch", str(prompt_file), "--model", str(tiny_checkpoint), "--config", "nosuchpreset")
     assert missing.returncode == 2 and "presets: " in error_lines(missing)[0] and "seed" in error_lines(missing)[0]
-
-
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and os.environ.get("CI"):
-        pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
-    return found
-
-
-def _dump_dom(url: str) -> str:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def _column(dom: str, key: str) -> list[float]:
-    header = re.search(r'<table class="summary".*?</thead>', dom, re.S).group(0)
-    keys = re.findall(r'<th data-key="([^"]+)"', header)
-    body = re.search(r'<table class="summary".*?<tbody>(.*?)</tbody>', dom, re.S).group(1)
-    rows = re.findall(r"<tr data-cell=.*?</tr>", body, re.S)
-    return [float(re.findall(r'data-value="([^"]*)"', row)[keys.index(key)]) for row in rows]
-
-
-def test_report_renders_in_headless_chromium_with_a_working_sort(swept):
-    page = (swept / "report.html").resolve()
-    dom = _dump_dom(page.as_uri())
-    assert dom.count("<tr data-cell=") == 4 and dom.count('<details id="cell-') == 4
-    assert "I was walking through my old school" in dom and "http" not in page.read_text().split("<script>")[0]
-    assert _column(dom, "perplexity") == sorted(_column(dom, "perplexity"))  # written ranked
-    by_query = _dump_dom(page.as_uri() + "?sort=distinct_1&dir=desc")
-    assert _column(by_query, "distinct_1") == sorted(_column(by_query, "distinct_1"), reverse=True)
-    assert 'data-key="distinct_1" aria-sort="descending"' in by_query
-    clicked_once = _dump_dom(page.as_uri() + "?click=mean_logprob")
-    assert _column(clicked_once, "mean_logprob") == sorted(_column(clicked_once, "mean_logprob"))
-    clicked_twice = _dump_dom(page.as_uri() + "?click=mean_logprob,mean_logprob")
-    assert _column(clicked_twice, "mean_logprob") == sorted(_column(clicked_twice, "mean_logprob"), reverse=True)

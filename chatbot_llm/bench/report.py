@@ -14,7 +14,7 @@ def table(report: dict) -> Table:
     sizes = [str(s) for s in settings["batch_sizes"]]
     title = (f"{report['model']}: {settings['prompt_tokens']}-token prompts, {settings['new_tokens']} greedy "
              f"new tokens, median of {settings['repeats']}")
-    caption = f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['date']}"
+    caption = f"{device_words(report)}, {report['date']}"
     out = Table(title=title, caption=caption)
     for column in ("backend", "load s", "first token ms", "ms/token", "p95 ms", "vs torch"):
         out.add_column(column, justify="right" if column != "backend" else "left", no_wrap=column == "backend")
@@ -22,6 +22,9 @@ def table(report: dict) -> Table:
         out.add_column(f"tok/s b{size}", justify="right")
     for column in ("peak RSS MB b1", f"peak RSS MB b{sizes[-1]}", "disk MB", "greedy = torch"):
         out.add_column(column, justify="right")
+    with_path = any(r.get("cli_path") for r in report["results"].values())
+    if with_path:
+        out.add_column("batch path ms/token", justify="right")
     for name, r in report["results"].items():
         agreement = r.get("greedy_agreement")
         agree = f"{agreement['rows_identical']}/{agreement['rows']} ({agreement['mean_prefix_share']:.0%})" \
@@ -32,8 +35,18 @@ def table(report: dict) -> Table:
             f"{r['decode_ms_p95']:.2f}", speedup, *[f"{r['throughput'][s]:,.0f}" for s in sizes],
             f"{r['peak_rss_mb']:,.0f}", f"{r.get('peak_rss_all_mb', r['peak_rss_mb']):,.0f}",
             f"{r['disk_mb']:,.0f}", agree,
+            *([f"{r['cli_path']['ms_per_token']:.2f}" if r.get("cli_path") else "-"] if with_path else []),
         )
     return out
+
+
+def device_words(report: dict) -> str:
+    """The machine a report ran on, as a caption: the GPU on CUDA, the CPU always, and onnxruntime."""
+    m = report["machine"]
+    words = f"{m['cpu']}, {m['cores']} cores"
+    if report["settings"].get("device") == "cuda":
+        words = f"{m.get('gpu') or 'an unnamed GPU'}; {words}"
+    return f"{words}; {m['versions'].get('onnxruntime', '')}"
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -95,7 +108,7 @@ def plot(report: dict, path: Path) -> None:
     right.grid(True, which="both", alpha=0.3)
     settings = report["settings"]
     fig.suptitle(f"{Path(report['model']).name}: {settings['prompt_tokens']}-token prompts, "
-                 f"{settings['new_tokens']} new tokens; {report['machine']['cpu']}, {report['date']}", fontsize=9)
+                 f"{settings['new_tokens']} new tokens; {device_words(report)}, {report['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,8 +13,8 @@ from typing import Callable
 
 from chatbot_llm.errors import ChatbotError, UsageError
 
-BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-fp16")
-DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8", "cuda": "torch,onnx-fp32,onnx-opt,onnx-fp16"}
+BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4", "onnx-fp16")
+DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4", "cuda": "torch,onnx-fp32,onnx-fp16"}
 CT2_BACKENDS = ("ct2-int8", "ct2-fp32")
 
 
@@ -122,8 +122,13 @@ def machine() -> dict:
         memory = round(kb / 1024 / 1024, 1)
     except (OSError, StopIteration):
         pass
-    versions = {}
-    for package in ("onnxruntime", "torch", "transformers", "ctranslate2", "numpy"):
+    import onnxruntime as ort
+
+    # the onnxruntime really imported: onnxruntime and onnxruntime-gpu both install the module, and the
+    # distribution metadata of the other one can linger
+    versions = {"onnxruntime": f"{getattr(ort, 'package_name', 'onnxruntime')} {ort.__version__}"
+                               + (f" (CUDA {ort.cuda_version})" if getattr(ort, "cuda_version", "") else "")}
+    for package in ("torch", "transformers", "ctranslate2", "numpy"):
         try:
             from importlib.metadata import version
 
@@ -131,7 +136,27 @@ def machine() -> dict:
         except Exception:  # not installed
             pass
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory, "os": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
+            "python": platform.python_version(), "versions": versions, "gpu": gpu_name()}
+
+
+def gpu_name() -> str | None:
+    """The NVIDIA GPU's name, from nvidia-smi (the driver's own tool), or None without one."""
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return ", ".join(names) if result.returncode == 0 and names else None
+
+
+def default_threads() -> int:
+    """One thread count for every backend: the cores this process may run on (CTranslate2's own
+    default is 4 threads, onnxruntime's the physical cores, torch's its own)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def check_fits(ref, prompt_tokens: int, new_tokens: int) -> Path:
@@ -148,12 +173,14 @@ def check_fits(ref, prompt_tokens: int, new_tokens: int) -> Path:
 
 def run_bench(ref, backends: list[str], batch_sizes: list[int], prompt_tokens: int, new_tokens: int,
               repeats: int, threads: int | None = None, on_stage: Callable[[str], None] = lambda m: None,
-              on_backend: Callable[[str], None] = lambda b: None, device: str = "cpu") -> dict:
-    """device: "cpu" or "cuda" (already resolved); every backend runs there, the CTranslate2 ones too."""
+              on_backend: Callable[[str], None] = lambda b: None, device: str = "cpu", cli_path: bool = False) -> dict:
+    """device: "cpu" or "cuda" (already resolved); every backend runs there, the CTranslate2 ones too.
+    cli_path: also time each of our backends through the code `batch` runs, with the model's defaults."""
     folder = check_fits(ref, prompt_tokens, new_tokens)
     prepared = prepare(ref, backends, on_stage)
     settings = {"batch_sizes": batch_sizes, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                "repeats": repeats, "threads": threads, "device": device}
+                "repeats": repeats, "threads": threads or default_threads(), "device": device,
+                "cli_path": cli_path}
     results = {}
     for backend in backends:
         on_backend(backend)

@@ -144,6 +144,30 @@ def make_runner(spec: dict):
     raise ValueError(f"unknown backend {backend}")
 
 
+def cli_path(spec: dict, prompts: list[list[int]]) -> dict:
+    """ms per token through the code `batch --batch-size 1` runs (TextGenerator: tokenize, generate with
+    the model's own generation defaults and processors, decode), one prompt at a time: the user's path."""
+    from chatbot_llm.cli.app import resolve_generation_config
+    from chatbot_llm.models import load_text_generator, model_defaults, resolve_model
+    from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir, load_tokenizer
+
+    backend = spec["backend"]
+    ref = resolve_model(spec["checkpoint"] if backend == "torch" else spec["folder"])
+    generator = load_text_generator(ref, "torch" if backend == "torch" else "onnx",
+                                    None if backend == "torch" else backend.split("-", 1)[1],
+                                    device=spec.get("device", "cpu"))
+    config = resolve_generation_config(model_defaults(ref), {"max_new_tokens": spec["new_tokens"], "seed": 0})
+    tokenizer = load_tokenizer(bundled_tokenizer_dir())
+    texts = [tokenizer.decode(p) for p in prompts[:8]]
+    generator.generate(texts[:1], config)  # warm-up
+    started, tokens = time.perf_counter(), 0
+    for text in texts:
+        tokens += len(generator.generate([text], config)[0].tokens)
+    seconds = time.perf_counter() - started
+    return {"ms_per_token": seconds * 1000 / max(1, tokens), "tokens": tokens, "prompts": len(texts),
+            "settings": config.to_dict()}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
     parent across fork and exec, so a worker would report the bench process's own peak."""
@@ -180,7 +204,9 @@ def measure(spec: dict) -> dict:
         throughput[str(size)] = size * new_tokens / statistics.median(walls)
         outputs[str(size)] = tokens
     steps.sort()
+    user_path = cli_path(spec, prompts) if spec.get("cli_path") and not spec["backend"].startswith("ct2-") else None
     return {
+        "cli_path": user_path,
         "backend": spec["backend"],
         "load_seconds": load_seconds,
         "first_token_ms": statistics.median(first_tokens) * 1000,

@@ -41,7 +41,8 @@ def model_options(func: Callable) -> Callable:
     @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
                   help="onnx runs the export; torch runs the checkpoint with transformers (the baseline).")
     @click.option("--variant", type=click.Choice(VARIANTS),
-                  help=f"Which export to run: fp32, opt (fused), int8 (weight-only 8-bit) or fp16 (for GPUs). "
+                  help=f"Which export to run: fp32 (Optimum's, the reference), opt (the decoder graph), int8 (8-bit "
+                       f"weights and activations), int4 (4-bit weights) or fp16 (for GPUs). "
                        f"Default: {DEFAULT_VARIANT} on the CPU, fp16 on CUDA.")
     @device_option
     @functools.wraps(func)

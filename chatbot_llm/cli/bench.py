@@ -19,20 +19,24 @@ from chatbot_llm.errors import UsageError
 @click.option("--shape", type=click.Choice(("gpt2-124m", "tiny")),
               help="Benchmark a random-weights GPT-2 of this shape, built once into checkpoints/.")
 @click.option("--backends",
-              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8, onnx-fp16 (and ct2-int8, ct2-fp32 "
-                   "when ctranslate2 is installed). Default: torch,onnx-fp32,onnx-opt,onnx-int8 on the CPU; "
-                   "torch,onnx-fp32,onnx-opt,onnx-fp16 on CUDA.")
+              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8, onnx-int4, onnx-fp16 (and ct2-int8, "
+                   "ct2-fp32 when ctranslate2 is installed). Default: torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4 "
+                   "on the CPU; torch,onnx-fp32,onnx-fp16 on CUDA.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per backend (default: each one's own).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for every backend alike (default: the cores this process may use).")
+@click.option("--cli-path", is_flag=True,
+              help="Also time each backend through the code `batch --batch-size 1` runs, with the model's own "
+                   "generation defaults (sampling, processors, decoding): the user's path.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
 @device_option
 def bench(model: str | None, shape: str | None, backends: str | None, batch_sizes: str, prompt_tokens: int,
-          new_tokens: int, repeats: int, threads: int | None, json_file: Path | None, plot_file: Path | None,
-          device: str) -> None:
+          new_tokens: int, repeats: int, threads: int | None, cli_path: bool, json_file: Path | None,
+          plot_file: Path | None, device: str) -> None:
     """Speed, memory and agreement of every backend on one checkpoint, each in its own process."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -83,7 +87,7 @@ def bench(model: str | None, shape: str | None, backends: str | None, batch_size
 
         report = run_bench(ref, names, sizes, prompt_tokens, new_tokens, repeats, threads,
                            on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend,
-                           device=device)
+                           device=device, cli_path=cli_path)
         bar.update(task, completed=len(names), description="done")
     console = Console()
     if not console.is_terminal:  # piped or logged: no terminal width to wrap the wide table into

@@ -176,7 +176,7 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
     try:
         with Progress(*columns, console=err, transient=False) as progress:
             task = progress.add_task("prompts", total=total, completed=skip)
-            first, windows = prompt_windows(prompt_file, config, batch_size, skip)
+            first, windows = prompt_windows(prompt_file, batch_size, skip, wide=generator.groups_by_length(config))
             for chunk in windows:
                 numbers = [n for n, _ in chunk]
                 try:

@@ -1,16 +1,9 @@
-"""Rewrites of the exported gpt2 graph that ONNX Runtime's optimizer and quantizer do not make.
+"""Quantization of the decoder graph (export/decoder.py) that ONNX Runtime's quantizers do not make.
 
-Each one changes how the graph computes, never what: the export's parity check against PyTorch
-holds every variant to the same logits.
-
-- ``keep_last_logits``: a ``logits_to_keep`` input (default 0 = every position) slices the hidden
-  states before lm_head. Generation needs only the last position's logits, so a prefill of a
-  20-token prompt no longer runs the largest matmul of the model 20 times, nor allocates
-  [batch, 20, 50257] floats; scoring a text (sweep) still asks for all of them.
-- ``gemm_to_matmul``: attention's output projection is a Gemm, which weight-only quantization does
-  not cover; as MatMul + Add it is quantized like every other projection.
-- ``shared_int8_embedding``: after quantization, the token embedding is read from lm_head's int8
-  weight (GatherBlockQuantized over the same bytes) instead of a float32 copy of the tied matrix.
+- ``per_row_int8``: every weight MatMul as uint8 x int8 integer GEMM with one activation scale per
+  row, so a row's numbers never depend on its batch (the int8 variant);
+- ``int8_embedding``: the token embedding as int8 rows, read from lm_head's quantized weight when
+  the two are tied.
 """
 
 from __future__ import annotations
@@ -19,20 +12,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-LOGITS_TO_KEEP = "logits_to_keep"
 MS_DOMAIN = "com.microsoft"
-
-
-def _producer(graph: onnx.GraphProto, output: str) -> onnx.NodeProto:
-    return next(n for n in graph.node if output in n.output)
 
 
 def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
     return next((t for t in graph.initializer if t.name == name), None)
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _ensure_ms_opset(model: onnx.ModelProto) -> None:
@@ -40,92 +24,94 @@ def _ensure_ms_opset(model: onnx.ModelProto) -> None:
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
-def _lm_head(graph: onnx.GraphProto) -> onnx.NodeProto:
-    node = _producer(graph, "logits")
-    if node.op_type not in ("MatMul", "MatMulNBits"):
-        raise ValueError(f"logits come from a {node.op_type}, not lm_head's MatMul")
-    return node
+def per_row_int8(model: onnx.ModelProto) -> int:
+    """MatMul(x, W) with a constant float W -> an integer GEMM, uint8 x int8, on MLAS's fast U8S8
+    kernels (int8 x int8 runs a slow reference path on the CPU, measured ~50x slower).
 
-
-def keep_last_logits(model: onnx.ModelProto) -> None:
-    """Add the ``logits_to_keep`` input: logits for the last k positions only (0 keeps them all)."""
+    W: int8, symmetric, one scale per output column (once, here). x: one scale per row, max |x| of
+    the row / 127, quantized to round(x / scale) + 128 at run time. A row's scale depends on that
+    row alone, so its result does not change with its batch neighbours (one scale per tensor, as
+    DynamicQuantizeMatMul uses, would); and integer sums are exact, so the GEMM kernel's blocking,
+    which depends on the batch size, cannot change them either.
+    """
     graph = model.graph
-    head = _lm_head(graph)
-    hidden = head.input[0]
-    graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
-    # an initializer of the same name is the input's default (ONNX IR >= 4): full logits, as before
     graph.initializer.extend([
-        numpy_helper.from_array(np.array([0], np.int64), LOGITS_TO_KEEP),
-        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "logits_to_keep_end"),
-        numpy_helper.from_array(np.array([1], np.int64), "logits_to_keep_axis"),
+        numpy_helper.from_array(np.array([-1], np.int64), "int8/last_axis"),
+        numpy_helper.from_array(np.array(1 / 127, np.float32), "int8/inv127"),
+        numpy_helper.from_array(np.array(1e-30, np.float32), "int8/tiny"),
+        numpy_helper.from_array(np.array(128.5, np.float32), "int8/offset"),  # +128, and round half up
+        numpy_helper.from_array(np.array([1.0], np.float32), "int8/one"),
+        numpy_helper.from_array(np.array([128], np.uint8), "int8/zero_point"),
     ])
-    start, kept = "logits_to_keep_start", hidden + "_kept"
-    index = list(graph.node).index(head)
-    graph.node.insert(index, helper.make_node("Neg", [LOGITS_TO_KEEP], [start], name="logits_to_keep/Neg"))
-    graph.node.insert(index + 1, helper.make_node(
-        "Slice", [hidden, start, "logits_to_keep_end", "logits_to_keep_axis"], [kept], name="logits_to_keep/Slice"
-    ))
-    head.input[0] = kept
-
-
-def gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Gemm(A, B, C) with constant B, no transposes and unit alpha/beta -> MatMul + Add."""
-    graph = model.graph
     count = 0
     for node in list(graph.node):
-        if node.op_type != "Gemm" or len(node.input) != 3 or _initializer(graph, node.input[1]) is None:
+        weight = _initializer(graph, node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2:
             continue
-        attrs = _attrs(node)
-        if attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            continue
-        product = node.output[0] + "_matmul"
+        w = numpy_helper.to_array(weight).astype(np.float32)
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-30) / 127).astype(np.float32)
+        w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
+        p, x = node.name, node.input[0]
+        graph.initializer.extend([numpy_helper.from_array(w_q, f"{weight.name}.int8"),
+                                  numpy_helper.from_array(w_scale, f"{weight.name}.scale")])
+        new = [
+            helper.make_node("Abs", [x], [f"{p}/abs"], name=f"{p}/abs"),
+            helper.make_node("ReduceMax", [f"{p}/abs", "int8/last_axis"], [f"{p}/max"], name=f"{p}/max", keepdims=1),
+            helper.make_node("Mul", [f"{p}/max", "int8/inv127"], [f"{p}/s"], name=f"{p}/s"),
+            helper.make_node("Max", [f"{p}/s", "int8/tiny"], [f"{p}/x_scale"], name=f"{p}/x_scale"),
+            helper.make_node("Div", [x, f"{p}/x_scale"], [f"{p}/xs"], name=f"{p}/xs"),
+            helper.make_node("Add", [f"{p}/xs", "int8/offset"], [f"{p}/xo"], name=f"{p}/xo"),
+            # float -> uint8 truncates, and the values are in [1.5, 255.5]: round(x / scale) + 128
+            helper.make_node("Cast", [f"{p}/xo"], [f"{p}/x_uint8"], name=f"{p}/x_uint8", to=TensorProto.UINT8),
+            helper.make_node("MatMulIntegerToFloat", [f"{p}/x_uint8", f"{weight.name}.int8", "int8/one",
+                                                      f"{weight.name}.scale", "int8/zero_point"],
+                             [f"{p}/y_rows"], name=f"{p}/int8", domain=MS_DOMAIN),
+            helper.make_node("Mul", [f"{p}/y_rows", f"{p}/x_scale"], list(node.output), name=f"{p}/y"),
+        ]
         index = list(graph.node).index(node)
-        graph.node.insert(index, helper.make_node("MatMul", node.input[:2], [product], name=node.name + "_MatMul"))
-        graph.node.insert(index + 1, helper.make_node("Add", [product, node.input[2]], list(node.output),
-                                                      name=node.name + "_Add"))
+        for offset, n in enumerate(new):
+            graph.node.insert(index + offset, n)
         graph.node.remove(node)
+        graph.initializer.remove(weight)
         count += 1
+    _ensure_ms_opset(model)
     return count
 
 
-def shared_int8_embedding(model: onnx.ModelProto) -> bool:
-    """Gather(wte fp32) -> GatherBlockQuantized over lm_head's 8-bit weight; the fp32 table goes.
-
-    Only when lm_head's MatMulNBits weight is the quantized tied embedding: same shape, and its
-    dequantized values within one quantization step of the float table (the quantizer clips the
-    largest positive value of a block by one step).
-    """
+def int8_embedding(model: onnx.ModelProto) -> bool:
+    """The token embedding as int8 rows with one scale each, taken from lm_head's quantized weight
+    when lm_head is the tied embedding (then the float table goes), else from the table itself."""
     graph = model.graph
-    head = _lm_head(graph)
-    if head.op_type != "MatMulNBits" or len(head.input) != 3:  # symmetric: no zero points input
+    gather = next(n for n in graph.node if n.op_type == "Gather" and n.name == "wte")
+    table = _initializer(graph, gather.input[0])
+    if table is None:
         return False
-    attrs = _attrs(head)
-    vocab, width, block, bits = attrs["N"], attrs["K"], attrs["block_size"], attrs["bits"]
-    weight, scales = _initializer(graph, head.input[1]), _initializer(graph, head.input[2])
-    gathers = [n for n in graph.node if n.op_type == "Gather" and (t := _initializer(graph, n.input[0])) is not None
-               and list(t.dims) == [vocab, width]]
-    if bits != 8 or weight is None or scales is None or len(gathers) != 1:
-        return False
-    gather, table = gathers[0], _initializer(graph, gathers[0].input[0])
-    blocks = width // block
-    q = numpy_helper.to_array(weight).reshape(vocab, blocks, block).astype(np.float32) - 128
-    s = numpy_helper.to_array(scales).reshape(vocab, blocks, 1).astype(np.float32)
-    dense = numpy_helper.to_array(table).reshape(vocab, blocks, block)
-    if not np.all(np.abs(q * s - dense) <= np.abs(s) * 1.001 + 1e-7):  # scales may be negative
-        return False  # lm_head is not the tied embedding
-    block_scales = numpy_helper.from_array(s, scales.name + "_per_block")
-    graph.initializer.extend([block_scales, numpy_helper.from_array(np.array([0, 0, width], np.int64),
-                                                                    "embedding_shape")])
-    blocked = gather.output[0] + "_blocked"
+    dense = numpy_helper.to_array(table).astype(np.float32)
+    head = _initializer(graph, "lm_head.weight.T.int8")
+    scale = _initializer(graph, "lm_head.weight.T.scale")
+    q = s = None
+    if head is not None and scale is not None:
+        q, s = numpy_helper.to_array(head).T, numpy_helper.to_array(scale)
+        if q.shape != dense.shape or not np.all(np.abs(q * s[:, None] - dense) <= s[:, None] * 0.501 + 1e-7):
+            q = None  # an untied lm_head: quantize the table itself
+    if q is None:
+        s = (np.maximum(np.abs(dense).max(axis=1), 1e-30) / 127).astype(np.float32)
+        q = np.clip(np.round(dense / s[:, None]), -127, 127).astype(np.int8)
+    graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q), "wte.int8"),
+                              numpy_helper.from_array(s.astype(np.float32), "wte.scale"),
+                              numpy_helper.from_array(np.array([-1], np.int64), "wte/scale_axis")])
+    ids = gather.input[1]
     index = list(graph.node).index(gather)
-    graph.node.insert(index, helper.make_node(
-        "GatherBlockQuantized", [weight.name, gather.input[1], block_scales.name], [blocked],
-        name=gather.name + "_int8", domain=MS_DOMAIN, gather_axis=0, quantize_axis=2, block_size=block, bits=8,
-    ))
-    graph.node.insert(index + 1, helper.make_node("Reshape", [blocked, "embedding_shape"], list(gather.output),
-                                                  name=gather.name + "_int8_reshape"))
+    new = [
+        helper.make_node("Gather", ["wte.int8", ids], ["wte/rows"], name="wte/rows"),
+        helper.make_node("Cast", ["wte/rows"], ["wte/rows_float"], name="wte/rows_float", to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["wte.scale", ids], ["wte/row_scale"], name="wte/row_scale"),
+        helper.make_node("Unsqueeze", ["wte/row_scale", "wte/scale_axis"], ["wte/row_scale_3d"], name="wte/scale_3d"),
+        helper.make_node("Mul", ["wte/rows_float", "wte/row_scale_3d"], list(gather.output), name="wte/dequantize"),
+    ]
+    for offset, n in enumerate(new):
+        graph.node.insert(index + offset, n)
     graph.node.remove(gather)
     if not any(table.name in n.input for n in graph.node):
         graph.initializer.remove(table)
-    _ensure_ms_opset(model)
     return True

@@ -20,9 +20,11 @@ FORMAT_VERSION = 1
 # bigger than new ones: an export of a checkpoint made by an older recipe counts as stale and is
 # redone on first use (an export folder used without its checkpoint keeps working as it is).
 # 2: logits_to_keep, int8 embedding shared with lm_head, attention's Gemm quantized, model.onnx.data.
-RECIPE = 2
+# 3: opt, int8, int4 and fp16 are the decoder graph written from the weights (export/decoder.py);
+#    int8 is per-row int8 activations on the integer GEMM.
+RECIPE = 3
 MODEL_FILE = "model.onnx"
-VARIANTS = ("fp32", "opt", "int8", "fp16")  # what export_checkpoint can make; see export/pipeline.py
+VARIANTS = ("fp32", "opt", "int8", "int4", "fp16")  # what export_checkpoint can make; see export/pipeline.py
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 # Everything in a checkpoint folder that changes the exported graph or its tokenizer and defaults.
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt")

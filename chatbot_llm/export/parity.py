@@ -1,8 +1,9 @@
 """How close an export is to the PyTorch checkpoint it came from.
 
 Two figures go into the manifest:
-- logits: max |delta| between PyTorch and ONNX over every real position of a left-padded batch
-  (the prefill path) and over one decode step through the KV cache (the past path);
+- logits: max |delta| between PyTorch and ONNX over every position of each prompt, the last
+  position of each in one padded batch (the prefill path), and one decode step through the KV cache
+  of a batch (the past path);
 - greedy agreement: the share of greedy tokens that are identical, generated both ways for the
   same prompts, and how many prompts came out identical end to end.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from chatbot_llm.config import GenerationConfig
-from chatbot_llm.runtime.generator import generate_ids, left_pad
+from chatbot_llm.runtime.generator import generate_ids
 from chatbot_llm.runtime.onnx_model import OnnxCausalLM, eos_and_context, read_model_config
 from chatbot_llm.runtime.tokenizer import load_tokenizer
 from chatbot_llm.torch_backend import TorchBaseline
@@ -38,29 +39,18 @@ def measure_parity(checkpoint: Path, export_dir: Path) -> dict[str, Any]:
     baseline = TorchBaseline(checkpoint, eos, context)
     onnx = OnnxCausalLM(export_dir / "model.onnx")
 
-    # prefill: every real position of a left-padded batch
-    ids, mask, positions = left_pad(prompts, eos)
+    # prefill: every position of each prompt, and the last position of each in one padded batch
     with torch.inference_mode():
-        reference = baseline.model(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
-            position_ids=torch.from_numpy(positions),
-        ).logits.float().numpy()
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    feeds.update(zip(onnx.past_names, onnx.empty_cache(len(prompts)).tensors))
-    ours = onnx.session.run(["logits"], feeds)[0].astype(np.float32)
-    real = mask.astype(bool)
-    prefill_delta = float(np.abs(ours[real] - reference[real]).max())
+        reference = [baseline.model(input_ids=torch.tensor([p])).logits[0].float().numpy() for p in prompts]
+    prefill_delta = max(float(np.abs(onnx.prompt_logits(p) - r).max()) for p, r in zip(prompts, reference))
+    batched = onnx.start(prompts, context, pad_id=eos).forward(None)
+    prefill_delta = max(prefill_delta, float(np.abs(batched - np.stack([r[-1] for r in reference])).max()))
 
-    # decode: the last token of each prompt through the KV cache of the others
+    # decode: the last token of each prompt through the KV cache of the others, in one batch
     heads = [p[:-1] or [eos] for p in prompts]
-    ids, mask, positions = left_pad(heads, eos)
-    _, cache = onnx.forward(ids, mask, positions, onnx.empty_cache(len(prompts)))
-    lengths = np.array([len(h) for h in heads])
-    step_mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
-    step, _ = onnx.forward(
-        np.array([[p[-1]] for p in prompts], np.int64), step_mask, lengths[:, None], cache
-    )
+    cache = onnx.start(heads, context, pad_id=eos)
+    cache.forward(None)
+    step = cache.forward(np.array([p[-1] for p in prompts], np.int64))
     with torch.inference_mode():
         full = [
             baseline.model(input_ids=torch.tensor([h + [p[-1]]])).logits[0, -1].float().numpy()
@@ -81,7 +71,7 @@ def measure_parity(checkpoint: Path, export_dir: Path) -> dict[str, Any]:
         "max_abs_logits_delta": max(prefill_delta, decode_delta),
         "prefill_max_abs_delta": prefill_delta,
         "decode_max_abs_delta": decode_delta,
-        "max_abs_logits": float(np.abs(reference[real]).max()),
+        "max_abs_logits": max(float(np.abs(r).max()) for r in reference),
         "greedy_token_agreement": same / total if total else 1.0,
         "greedy_identical_prompts": f"{identical}/{len(prompts)}",
         "greedy_new_tokens": GREEDY_TOKENS,

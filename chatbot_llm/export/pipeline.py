@@ -1,10 +1,15 @@
 """checkpoint folder -> onnx_models/<name>/<variant>/, once.
 
-fp32: Optimum's ``main_export`` (task text-generation-with-past: one graph for prefill and decode).
-opt:  fp32 + ONNX Runtime's transformer fusions for gpt2 (SkipLayerNormalization, FastGelu).
-int8: opt + weight-only 8-bit MatMulNBits. Chosen over dynamic quantization because dynamic
-      quantization computes one activation scale for the whole batch, so a prompt's logits change
-      with its batch neighbours (onnxruntime issue 5653); MatMulNBits quantizes each row apart.
+fp32: Optimum's ``main_export`` (task text-generation-with-past: one graph for prefill and decode),
+      the reference the others are checked against.
+opt:  the decoder graph written from the weights (export/decoder.py): fused attention over a fixed
+      KV buffer, SkipLayerNormalization, FastGelu; float32.
+int8: opt with int8 weights (per output column) and int8 activations (per row) on the integer
+      GEMM (export/graph.py). Not ONNX Runtime's dynamic quantization: it computes one activation
+      scale for the whole batch, so a prompt's logits change with its batch neighbours (onnxruntime
+      issue 5653).
+int4: opt with weight-only 4-bit MatMulNBits (blocks of 32); the smallest and fastest at batch 1.
+fp16: the decoder graph in float16 (weights and KV buffer; logits float32), for the GPU.
 
 Everything is written to a temporary folder beside the destination and moved into place only
 after it passed validation, so an interrupted export never leaves a cache that gets used.
@@ -44,9 +49,11 @@ from chatbot_llm.runtime.tokenizer import load_tokenizer
 
 DATA_FILE = MODEL_FILE + ".data"
 # An export fails when max |delta logits| > tolerance * max(1, max |logits|): fp32 and opt must match
-# PyTorch to float32 rounding; int8 and fp16 change the numbers by design, and their bound only
-# catches a broken conversion (overflow, NaN, a wrong graph): measured int8 deltas are 0.4-2% of it.
-PARITY_RTOL = {"fp32": 1e-3, "opt": 1e-3, "int8": 0.1, "fp16": 0.1}
+# PyTorch to float32 rounding; int8, int4 and fp16 change the numbers by design, and their bound only
+# catches a broken conversion (overflow, NaN, a wrong graph). Their quality is held-out perplexity,
+# measured by benchmarks/int8_quality.py. 4 bits over a tiny random test model's 32-wide rows (one
+# block each) move its logits by up to ~35% of their range.
+PARITY_RTOL = {"fp32": 1e-3, "opt": 1e-4, "int8": 0.1, "int4": 0.5, "fp16": 0.1}
 TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
 
 Stage = Callable[[str], None]
@@ -94,7 +101,6 @@ def export_checkpoint(
     _require_export_extra()
     import onnx
 
-    from chatbot_llm.export import graph
     from chatbot_llm.export.parity import measure_parity
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
@@ -103,21 +109,15 @@ def export_checkpoint(
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{variant}.partial-", dir=export_dir.parent))
     try:
-        raw = _fp32_graph(checkpoint, export_dir.parent / "fp32", variant, work / "optimum", on_stage)
         model_path = work / MODEL_FILE
-        if variant == "fp32":  # variant fp32 always exports afresh into scratch
+        if variant == "fp32":  # always exported afresh into scratch
+            raw = _optimum_export(checkpoint, work / "optimum", on_stage)
             for name in external_data_files(raw):  # Optimum's, for a model over 2 GB
                 shutil.move(str(raw.parent / name), work / name)
             shutil.move(str(raw), model_path)
         else:
-            on_stage("fusing with ONNX Runtime's gpt2 transformer optimizer")
-            model = _fuse(raw, config, fold_constants=variant == "int8")
-            if variant == "int8":
-                on_stage("quantizing weights to int8 (MatMulNBits)")
-                model = _quantize_int8(model)
-            if variant == "fp16":
-                on_stage("converting to float16 (logits stay float32)")
-                model = _to_float16(model)
+            on_stage(f"writing the {variant} decoder graph from the checkpoint's weights")
+            model = _decoder_graph(checkpoint, variant)
             # weights in a file beside the graph: onnxruntime maps it instead of reading it into memory,
             # which keeps the original weights out of the resident set once they are prepacked
             onnx.save_model(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -142,16 +142,6 @@ def export_checkpoint(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fp32_graph(checkpoint: Path, fp32_dir: Path, variant: str, scratch: Path, on_stage: Stage) -> Path:
-    """Optimum's fp32 graph: taken from an up-to-date fp32 export of the same checkpoint if there
-    is one (opt and int8 start from it), else exported now."""
-    if variant != "fp32" and check_export(fp32_dir, checkpoint, "fp32").ok:
-        on_stage(f"starting from the fp32 export in {fp32_dir}")
-        return fp32_dir / MODEL_FILE
-    on_stage("exporting with Optimum (text-generation-with-past)")
-    return _optimum_export(checkpoint, scratch)
-
-
 @contextlib.contextmanager
 def _quiet():
     """Hide the tracer warnings and library chatter of an export; errors still surface as exceptions."""
@@ -168,9 +158,10 @@ def _quiet():
                 lg.setLevel(level)
 
 
-def _optimum_export(checkpoint: Path, out: Path) -> Path:
+def _optimum_export(checkpoint: Path, out: Path, on_stage: Stage) -> Path:
     from optimum.exporters.onnx import main_export
 
+    on_stage("exporting with Optimum (text-generation-with-past)")
     try:
         with _quiet():
             main_export(
@@ -186,54 +177,37 @@ def _optimum_export(checkpoint: Path, out: Path) -> Path:
     return out / MODEL_FILE
 
 
-def _fuse(src: Path, config: dict[str, Any], fold_constants: bool) -> "onnx.ModelProto":
-    from onnxruntime.transformers.optimizer import optimize_model
+def _decoder_graph(checkpoint: Path, variant: str) -> "onnx.ModelProto":
+    import numpy as np
 
+    from chatbot_llm.export.decoder import build_decoder
+
+    try:
+        with _quiet():
+            model = build_decoder(checkpoint, dtype=np.float16 if variant == "fp16" else np.float32,
+                                  lm_head_as_matmul=variant in ("int8", "int4"))
+    except ValueError as exc:  # a GPT-2 variant the decoder graph does not cover
+        raise UsageError(f"{checkpoint}: {exc}") from None
+    except Exception as exc:  # transformers/safetensors raise many types for unloadable weights
+        raise UsageError(f"cannot load {checkpoint} as a GPT-2 checkpoint: {_first_line(exc)}") from None
+    return _quantize(model, variant) if variant in ("int8", "int4") else model
+
+
+def _quantize(model: "onnx.ModelProto", variant: str) -> "onnx.ModelProto":
     from chatbot_llm.export import graph
 
-    # opt_level 0 keeps the graph provider-independent and small: the tied embedding reaches lm_head
-    # through a Transpose that the session folds at load. (Reading it through FusedMatMul(transB=1)
-    # instead saves that 150 MB copy for GPT-2-124M but made decoding about 20% slower here: the
-    # transposed operand is not prepacked.) int8 folds the Transpose here (opt_level 1), so that
-    # lm_head has a constant weight MatMulNBits can quantize: the largest matmul of the model.
-    optimized = optimize_model(
-        str(src),
-        model_type="gpt2",
-        num_heads=config["n_head"],
-        hidden_size=config["n_embd"],
-        opt_level=1 if fold_constants else 0,
-    )
-    model = optimized.model
-    graph.keep_last_logits(model)
+    if variant == "int8":
+        graph.per_row_int8(model)
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+        # accuracy_level 4: int8 activations quantized per row block, so rows stay independent
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer.process()
+        model = quantizer.model.model
+    graph.int8_embedding(model)
     return model
-
-
-def _quantize_int8(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    from chatbot_llm.export import graph
-
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    graph.gemm_to_matmul(model)  # attention's output projection, else left in float32
-    # accuracy_level 4: int8 activations, quantized per row block, so rows stay independent
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    model = quantizer.model.model
-    graph.shared_int8_embedding(model)
-    return model
-
-
-def _to_float16(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    """Weights, activations and the KV cache in float16, for the GPU; logits stay float32 for sampling.
-
-    LayerNorm statistics and Softmax run in float32 inside onnxruntime's fp16 kernels; the inputs
-    the runtime feeds (ids, mask, positions) are integers and unchanged.
-    """
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    wrapped = OnnxModel(model)
-    wrapped.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=["logits"])
-    return wrapped.model
 
 
 def _write_side_files(checkpoint: Path, work: Path, config: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from chatbot_llm.errors import ChatbotError, UsageError
 DEVICES = ("cpu", "cuda", "auto")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 INSTALL_GPU = ("make setup-gpu (or: pip uninstall -y onnxruntime && pip install --force-reinstall "
-               "onnxruntime-gpu), on a machine with an NVIDIA driver")
+               "'onnxruntime-gpu[cuda,cudnn]'), on a machine with an NVIDIA driver")
 
 
 def resolve_device(device: str, on_stage: Callable[[str], None] = lambda m: None) -> str:
@@ -22,12 +22,31 @@ def resolve_device(device: str, on_stage: Callable[[str], None] = lambda m: None
     if device == "cpu":
         return "cpu"
     if CUDA in available:
+        preload_cuda_libraries()
         return "cuda"
     if device == "cuda":
         raise UsageError(f"--device cuda: this onnxruntime {ort.__version__} has no CUDA provider (it has "
                          f"{', '.join(available)}); install it with: {INSTALL_GPU}")
     on_stage("--device auto: no CUDA provider in this onnxruntime, running on the CPU")
     return "cpu"
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA runtime and cuDNN that the onnxruntime-gpu[cuda,cudnn] extras install as pip
+    packages (nvidia-*), so the CUDA provider starts in a fresh venv on a machine with only the
+    NVIDIA driver. Libraries it cannot find are left to the system's search path."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is not None:
+        try:
+            preload()
+        except OSError:
+            pass
+
+
+def cuda_needs() -> str:
+    """What this onnxruntime-gpu's CUDA provider needs, as built: "CUDA 13.0 and cuDNN 9"."""
+    version = getattr(ort, "cuda_version", "") or "12 or 13"
+    return f"CUDA {version} and cuDNN 9 libraries"
 
 
 def providers_for(device: str) -> list[str]:
@@ -40,8 +59,9 @@ def started_on(session: ort.InferenceSession, requested: str, on_stage: Callable
     if CUDA in session.get_providers():
         return "cuda"
     if requested == "cuda":
-        raise ChatbotError("--device cuda: onnxruntime-gpu is installed but its CUDA provider did not start "
-                           "(no NVIDIA driver, or CUDA 12 / cuDNN 9 libraries not found); use --device cpu")
+        raise ChatbotError(f"--device cuda: onnxruntime-gpu {ort.__version__} is installed but its CUDA provider "
+                           f"did not start (no NVIDIA driver, or its {cuda_needs()} not found: make setup-gpu "
+                           "installs them); use --device cpu")
     if requested == "auto" and CUDA in ort.get_available_providers():
         on_stage("--device auto: the CUDA provider did not start, running on the CPU")
     return "cpu"

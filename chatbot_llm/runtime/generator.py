@@ -1,9 +1,8 @@
 """The decode loop: prompts -> prefill -> one token per step over the KV cache -> per-row stop.
 
-Batch invariance: prompts are left-padded, the attention mask hides the padding, position ids
-count only real tokens, the processors see only a row's own tokens, and each row draws from its
-own random stream keyed by (seed, stream key). A row that finishes leaves the batch, so the
-others carry on without it.
+Batch invariance: a row's tokens keep their positions whatever else is in the batch (runtime.kv),
+the processors see only a row's own tokens, and each row draws from its own random stream keyed by
+(seed, stream key). A row that finishes leaves the batch, so the others carry on without it.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from chatbot_llm.config import GenerationConfig
-from chatbot_llm.runtime.onnx_model import KVCache, OnnxCausalLM
+from chatbot_llm.runtime.onnx_model import OnnxCausalLM
 from chatbot_llm.runtime.processors import apply_processors, build_processors, sample
 
 # Called with (row, token id) for each token as it is generated; the row indexes the prompt list.
@@ -27,22 +26,6 @@ class RowResult:
     tokens: list[int] = field(default_factory=list)  # generated tokens, without the EOS
     finish_reason: str = ""  # "eos", "length" (max new tokens) or "context" (model context full)
     seconds: float = 0.0  # from the start of the batch to this row's last token
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """input_ids, attention_mask and position_ids of a left-padded batch, as generate() builds them.
-
-    Position ids count only real tokens; padded positions get 1, as in generate(), and are masked.
-    """
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, np.int64)
-    mask = np.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        mask[row, width - len(prompt) :] = 1
-    positions = np.cumsum(mask, axis=1) - 1
-    positions[mask == 0] = 1
-    return ids, mask, positions
 
 
 def row_rngs(config: GenerationConfig, keys: Sequence[int]) -> list[np.random.Generator]:
@@ -81,9 +64,8 @@ class Generator:
         self.lengths = lengths.copy()
         self.results = [RowResult() for _ in prompts]
         self.active = np.arange(len(prompts))
-        self.cache: KVCache = model.empty_cache(len(prompts))
-        ids, self.attention_mask, positions = left_pad(prompts, eos_token_id)
-        self._next_input = (ids, positions)
+        self.cache = model.start(prompts, int(self.capacity.max()), pad_id=eos_token_id)
+        self._next_tokens: np.ndarray | None = None  # None: the prompts go first
         self.started = time.perf_counter()
 
     def is_done(self) -> bool:
@@ -91,8 +73,7 @@ class Generator:
 
     def generate_next_token(self) -> list[tuple[int, int]]:
         """Run one step; returns (row, token) for every row that was still generating."""
-        ids, positions = self._next_input
-        logits, self.cache = self.model.forward(ids, self.attention_mask, positions, self.cache)
+        logits = self.cache.forward(self._next_tokens)
         rows = self.active
         scores = logits
         if self.processors:  # only they read the rows' tokens
@@ -118,15 +99,10 @@ class Generator:
                 keep[i] = False
         stepped = [(int(r), int(t)) for r, t in zip(rows, tokens)]
         if not keep.all():
-            self.cache = self.cache.select(keep)
-            self.attention_mask = self.attention_mask[keep]
-            tokens, rows = tokens[keep], rows[keep]
-            self.active = rows
-        if len(rows):
-            self.attention_mask = np.concatenate(
-                [self.attention_mask, np.ones((len(rows), 1), np.int64)], axis=1
-            )
-            self._next_input = (tokens[:, None].astype(np.int64), (self.lengths[rows] - 1)[:, None])
+            self.active = rows[keep]
+            if len(self.active):
+                self.cache.keep(keep)
+        self._next_tokens = tokens[keep].astype(np.int64)
         return stepped
 
 

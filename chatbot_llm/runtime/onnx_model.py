@@ -1,8 +1,11 @@
-"""An exported GPT-2 as an onnxruntime InferenceSession, with its KV cache.
+"""An exported GPT-2 as an onnxruntime InferenceSession.
 
-The graph is Optimum's ``text-generation-with-past`` export: inputs ``input_ids``,
-``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/value`` of shape
-(batch, heads, past_length, head_dim); outputs ``logits`` and ``present.{i}.key/value``.
+Two graph layouts, told apart by their inputs:
+- the decoder graph (opt, int8, fp16; export/decoder.py): ``seqlens_k``, ``query_seqlens`` and a
+  fixed KV buffer per layer, generated through runtime.kv.KVBufferBatch;
+- Optimum's ``text-generation-with-past`` export (fp32, the reference): ``attention_mask``,
+  ``position_ids`` and past tensors of shape (batch, heads, past_length, head_dim) that grow by
+  one position a step, generated through runtime.kv.GrowingCacheBatch.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -76,7 +79,8 @@ class OnnxCausalLM:
             for name in inputs
             if (m := _PAST_NAME.match(name))
         )
-        if not past or not {"input_ids", "attention_mask", "position_ids"} <= set(inputs):
+        self.buffered = {"seqlens_k", "query_seqlens", "logits_index"} <= set(inputs)
+        if not past or not (self.buffered or {"input_ids", "attention_mask", "position_ids"} <= set(inputs)):
             raise UsageError(
                 f"{model_path} is not a GPT-2 export with past_key_values inputs; "
                 "export the checkpoint with: chatbot-llm export MODEL"
@@ -85,9 +89,22 @@ class OnnxCausalLM:
         first = inputs[self.past_names[0]]
         self.num_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.past_dtype = _ORT_DTYPES[first.type]
+        if self.device == "cuda" and self.buffered and self.past_dtype != np.float16:
+            # GroupQueryAttention has CUDA kernels for float16/bfloat16 only (and the integer GEMMs of
+            # int8 none): onnxruntime would run those nodes on the CPU, across the device's KV buffer
+            raise UsageError(f"{model_path} is a CPU variant of the decoder graph; on --device cuda run "
+                             "--variant fp16 (the default there) or fp32")
         # opt and int8 exports compute logits for the last position only when asked (export/graph.py)
         self.last_only = {"logits_to_keep": np.ones(1, np.int64)} if "logits_to_keep" in inputs else {}
         self.output_names = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
+
+    def start(self, prompts: Sequence[Sequence[int]], capacity: int, pad_id: int):
+        """The KV cache of a new batch: prompts, and room for `capacity` tokens in its longest row."""
+        from chatbot_llm.runtime.kv import GrowingCacheBatch, KVBufferBatch
+
+        if self.buffered:
+            return KVBufferBatch(self, prompts, capacity)
+        return GrowingCacheBatch(self, prompts, pad_id)
 
     def empty_cache(self, batch: int) -> KVCache:
         shape = (batch, self.num_heads, 0, self.head_dim)
@@ -120,12 +137,24 @@ class OnnxCausalLM:
         logits, *present = binding.get_outputs()
         return np.array(logits.numpy()[:, -1, :], dtype=np.float32), KVCache(present)
 
+    def prompt_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Float32 logits of every position of one token sequence, in one pass with an empty cache."""
+        x = np.asarray(ids, np.int64)[None, :]
+        positions = np.arange(x.shape[1])[None, :]
+        if self.buffered:
+            length = np.array([x.shape[1]], np.int32)
+            feeds = {"input_ids": x, "position_ids": positions, "seqlens_k": length - 1, "query_seqlens": length,
+                     "total_sequence_length": np.array(x.shape[1], np.int32), "logits_index": positions[0]}
+            feeds.update(zip(self.past_names, self.empty_cache(1).tensors))  # present: just these tokens
+            return np.asarray(self.session.run(["logits"], feeds)[0], np.float32)
+        feeds = {"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": positions}
+        feeds.update(zip(self.past_names, self.empty_cache(1).tensors))
+        return np.asarray(self.session.run(["logits"], feeds)[0][0], np.float32)
+
     def token_logprobs(self, ids: list[int], start: int) -> np.ndarray:
         """log p(ids[i] | ids[:i]) for i >= start, at temperature 1 with no processors, in one pass."""
         x = np.asarray(ids, np.int64)[None, :]
-        feeds = {"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": np.arange(x.shape[1])[None, :]}
-        feeds.update(zip(self.past_names, self.empty_cache(1).tensors))
-        logits = self.session.run(["logits"], feeds)[0][0, start - 1 : -1].astype(np.float64)
+        logits = self.prompt_logits(ids)[start - 1 : -1].astype(np.float64)
         top = logits.max(axis=-1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=-1))
         return logits[np.arange(len(logits)), x[0, start:]] - log_norm

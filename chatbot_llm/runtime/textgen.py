@@ -64,6 +64,19 @@ class TextGenerator:
         self.on_warning = on_warning
         self.truncate = False  # a prompt longer than the context: PromptTooLong, or cut with a warning
 
+    def groups_by_length(self, config: GenerationConfig) -> bool:
+        """Must this call batch prompts of equal token length only? (see generate())"""
+        exact = self.model is not None and self.model.buffered
+        return config.do_sample and config.seed is not None and not exact
+
+    def batches(self, encoded: Sequence[Sequence[int]], config: GenerationConfig, size: int) -> list[list[int]]:
+        """Row indexes to generate together, at most `size` each: in order, or by equal length where a
+        seed must give the same draws in any batch on a left-padding graph (see generate())."""
+        groups: dict[int, list[int]] = {}
+        for row, ids in enumerate(encoded):
+            groups.setdefault(len(ids) if self.groups_by_length(config) else 0, []).append(row)
+        return [rows[i : i + size] for rows in groups.values() for i in range(0, len(rows), size)]
+
     def encode(self, prompt: str, config: GenerationConfig) -> list[int]:
         """Token ids of a prompt, cut from the left so that its reply fits in the context.
 
@@ -98,12 +111,12 @@ class TextGenerator:
     ) -> list[Completion]:
         """Completions in the order of the prompts, generated max_batch at a time (default: all).
 
-        A seeded sampled call runs prompts of equal token length together, so no row is padded: left
-        padding moves a row's tokens within the padded width, which changes the order of float32 sums
-        in the kernels by ~1e-6, and a draw that close to the edge between two tokens could then pick
-        the other one. Without padding a row's logits are bit-identical in any batch, so a seed gives
-        the same text per prompt at any batch size. Greedy and unseeded calls batch everything
-        together, padded (greedy agrees in any batch: tests/test_generation.py).
+        A seeded call must give the same text per prompt at any batch size, so a row's logits must
+        be bit-identical in any batch: a draw ~1e-6 from the edge between two tokens could otherwise
+        pick the other one. The decoder graph (opt, int8, int4, fp16) gives that in any batch: its
+        rows are right-padded and their tokens keep their positions. Optimum's graph (fp32) left-pads,
+        which moves a row's tokens within the padded width and changes the order of float32 sums, so
+        there a seeded sampled call runs prompts of equal token length together (see batches()).
         """
         prompts = [valid_text(p) for p in prompts]
         encoded = []
@@ -124,7 +137,7 @@ class TextGenerator:
 
         keys = list(stream_keys) if stream_keys is not None else list(range(len(prompts)))
         results: list[RowResult | None] = [None] * len(prompts)
-        for rows in batches(encoded, config, max_batch or len(prompts)):
+        for rows in self.batches(encoded, config, max_batch or len(prompts)):
             callback = None if on_token is None else (lambda row, token, rows=rows: on_token(rows[row], token))
             done = self.generate_ids([encoded[r] for r in rows], config, stream_keys=[keys[r] for r in rows],
                                      on_token=callback)
@@ -141,16 +154,6 @@ class TextGenerator:
             )
             for prompt, ids, r in zip(prompts, encoded, results)
         ]
-
-
-def batches(encoded: Sequence[Sequence[int]], config: GenerationConfig, size: int) -> list[list[int]]:
-    """Row indexes to generate together: by equal length when a seed must give the same draws in
-    any batch (see TextGenerator.generate), else in order; at most `size` rows each."""
-    groups: dict[int, list[int]] = {}
-    for row, ids in enumerate(encoded):
-        key = len(ids) if config.do_sample and config.seed is not None else 0
-        groups.setdefault(key, []).append(row)
-    return [rows[i : i + size] for rows in groups.values() for i in range(0, len(rows), size)]
 
 
 def valid_text(text: str) -> str:

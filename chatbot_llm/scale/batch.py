@@ -26,7 +26,8 @@ def run_batch_on_ray(address: str, workers: int | None, threads: int, ref, expor
     """(records written, the summary line); progress(n) advances the job's bar by n prompts."""
     from chatbot_llm.batchio import format_record, prompt_windows, write_record
 
-    first, windows = prompt_windows(prompt_file, config, batch_size, skip)
+    # wide when the local run might be (batchio.prompt_windows): the same batches either way
+    first, windows = prompt_windows(prompt_file, batch_size, skip, wide=config.do_sample and config.seed is not None)
     units = [{"unit": n, "first": ordinal, "chunk": json.dumps(chunk, ensure_ascii=False)}
              for n, (ordinal, chunk) in enumerate(_with_ordinals(first, windows))]
     with ray_cluster(address, on_stage) as ray:

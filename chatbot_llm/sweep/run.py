@@ -2,7 +2,8 @@
 
 A cell's rows are appended to results.jsonl in one write once the whole cell is done, so a killed
 sweep leaves only whole cells behind; a rerun with the same --out skips every cell already there.
-summary.csv and report.html are rewritten from results.jsonl at the end of each run.
+summary.csv and report.html are rewritten from results.jsonl at the end of each run; sweep.json
+(manifest.py) records the plan, so `sweep-report` can redraw them and `sweep-preset` can write a row out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from chatbot_llm.sweep.grid import check_combinations, combinations, parse_grid
 from chatbot_llm.sweep.metrics import METRICS, output_metrics
 
 RESULTS, SUMMARY, REPORT = "results.jsonl", "summary.csv", "report.html"
+# How rows get their random streams (see stream_key). 1: (line << 20) | sample, before sample 0 shared
+# batch's stream; 2: sample 0 of prompt line L is batch's stream for line L.
+STREAMS = 2
 
 
 @dataclass
@@ -42,6 +46,9 @@ class Plan:
     samples: int
     cells: list[Cell]
     out: Path
+    seed: int | None = None
+    prompts_file: str = ""
+    streams: int = STREAMS
 
     @property
     def rows_per_cell(self) -> int:
@@ -50,7 +57,7 @@ class Plan:
 
 def cell_key(model: str, config: GenerationConfig, prompts: list[tuple[int, str]], samples: int) -> str:
     """Everything that decides a cell's outputs, hashed: a rerun finds the same key for the same work."""
-    blob = json.dumps([model, config.to_dict(), prompts, samples], sort_keys=True)
+    blob = json.dumps([model, config.to_dict(), prompts, samples, {"streams": STREAMS}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -76,16 +83,17 @@ def plan_sweep(models: list[str], prompts_file: Path, grid_text: str, samples: i
         for combo in combos:
             config = base.replace(**combo)
             cells.append(Cell(model, combo, config, cell_key(model, config, prompts, samples)))
-    return Plan(models, grid, prompts, samples, cells, out)
+    return Plan(models, grid, prompts, samples, cells, out, seed, str(prompts_file))
 
 
-def read_results(path: Path) -> list[dict]:
-    """Rows of results.jsonl; a last line cut short by a kill is dropped from the file."""
+def read_results(path: Path, repair: bool = True) -> list[dict]:
+    """Rows of results.jsonl; a last line cut short by a kill is dropped from the file (when repair:
+    a reader that only reads, sweep-report, leaves it, since a running sweep may be writing it)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
+    if repair and len(complete) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(complete))
     rows = []
@@ -103,18 +111,21 @@ def finished_cells(plan: Plan, rows: list[dict]) -> set[str]:
 
 
 def stream_key(line: int, sample: int) -> int:
-    """One random stream per (prompt line, sample), the same in every cell and at any batch size."""
-    return (line << 20) | sample
+    """One random stream per (prompt line, sample), the same in every cell and at any batch size.
+
+    Sample 0 of a prompt draws from the stream `batch` gives that line of the same prompt file, so
+    `batch PROMPTS --config <a row's preset> --seed <the sweep's seed>` writes that row's first
+    sample again; the other samples take keys no line number reaches.
+    """
+    return line if sample == 0 else line | (sample << 40)
 
 
 def run_cell(generator, cell: Cell, plan: Plan, batch_size: int) -> list[dict]:
-    from chatbot_llm.runtime.textgen import batches
-
     rows = [(line, prompt, s) for line, prompt in plan.prompts for s in range(plan.samples)]
     encoded = {line: generator.encode(prompt, cell.config) for line, prompt in plan.prompts}
     ids = [encoded[line] for line, _, _ in rows]
     results = [None] * len(rows)
-    for group in batches(ids, cell.config, batch_size):  # equal lengths together: see TextGenerator.generate
+    for group in generator.batches(ids, cell.config, batch_size):  # see TextGenerator.generate
         done = generator.generate_ids([ids[i] for i in group], cell.config,
                                       stream_keys=[stream_key(rows[i][0], rows[i][2]) for i in group])
         for i, result in zip(group, done):

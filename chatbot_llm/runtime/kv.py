@@ -1,0 +1,141 @@
+"""The KV cache of a batch being generated, one class per graph layout.
+
+Both give the Generator the same three calls: ``forward(tokens)`` (None the first time: the
+prompts) -> float32 logits of the last position of each active row, and ``keep(mask)`` to drop the
+rows that finished.
+
+- ``KVBufferBatch`` for the decoder graph (export/decoder.py): one preallocated buffer per layer,
+  (slots, heads, capacity, head_dim), bound as both past and present. Prompts are right-padded, so a
+  row's tokens sit at positions 0..n-1 whatever its neighbours; a finished row's slot goes idle
+  (query_seqlens 0) and the buffer is compacted only when at most half its slots are live.
+- ``GrowingCacheBatch`` for Optimum's export (the fp32 reference): left padding, an attention mask,
+  and past tensors that the graph concatenates one position longer every step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from chatbot_llm.runtime.onnx_model import OnnxCausalLM
+
+
+def right_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and position_ids of a right-padded batch (padding gets position 0; it is never read)."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, np.int64)
+    positions = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+        positions[row, : len(prompt)] = np.arange(len(prompt))
+    return ids, positions
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask and position_ids of a left-padded batch, as generate() builds them.
+
+    Position ids count only real tokens; padded positions get 1, as in generate(), and are masked.
+    """
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = prompt
+        mask[row, width - len(prompt) :] = 1
+    positions = np.cumsum(mask, axis=1) - 1
+    positions[mask == 0] = 1
+    return ids, mask, positions
+
+
+class KVBufferBatch:
+    def __init__(self, model: "OnnxCausalLM", prompts: Sequence[Sequence[int]], capacity: int):
+        self.model, self.prompts, self.capacity = model, prompts, int(capacity)
+        slots = len(prompts)
+        self.lengths = np.zeros(slots, np.int32)  # tokens in each slot's cache
+        self.active = np.arange(slots)  # the slot of each row still generating, in row order
+        self.prefilled = False
+        shape = (slots, model.num_heads, self.capacity, model.head_dim)
+        if model.io_binding:  # OrtValues where the session runs (CUDA): the cache never leaves the device
+            self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, model.past_dtype, model.device, 0)
+                            for _ in model.past_names]
+        else:  # numpy arrays that onnxruntime reads and writes in place
+            self.buffers = [np.zeros(shape, model.past_dtype) for _ in model.past_names]
+        self._bind_buffers()
+
+    def _bind_buffers(self) -> None:
+        self.binding = self.model.session.io_binding()
+        for name, buffer in zip(self.model.past_names, self.buffers):
+            value = buffer if isinstance(buffer, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(buffer)
+            self.binding.bind_ortvalue_input(name, value)
+            self.binding.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
+
+    def forward(self, tokens: np.ndarray | None) -> np.ndarray:
+        slots = len(self.lengths)
+        new = np.zeros(slots, np.int32)  # tokens each slot takes in this step; 0 leaves a slot idle
+        if tokens is None:  # the prompts, all slots at once (less any row dropped before they ran)
+            ids, positions = right_pad(self.prompts)
+            new[self.active] = [len(self.prompts[slot]) for slot in self.active]
+            last = self.active * ids.shape[1] + new[self.active] - 1  # flat index of each last token
+        else:  # one token for each active row
+            ids, positions = np.zeros((slots, 1), np.int64), np.zeros((slots, 1), np.int64)
+            ids[self.active, 0] = tokens
+            positions[self.active, 0] = self.lengths[self.active]
+            new[self.active] = 1
+            last = self.active
+        self.lengths += new
+        self.prefilled = True
+        feeds = {
+            "input_ids": ids,
+            "position_ids": positions,
+            # an idle slot keeps its length (one dropped before its prompt ran: 0, read as 1 and unused)
+            "seqlens_k": np.maximum(self.lengths - 1, 0),
+            "query_seqlens": new,
+            "total_sequence_length": np.array(self.capacity, np.int32),
+            "logits_index": last.astype(np.int64),
+        }
+        for name, value in feeds.items():
+            self.binding.bind_cpu_input(name, value)
+        self.binding.bind_output("logits", "cpu")
+        self.model.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()[-1].numpy()  # bound last: (active rows, vocab) float32
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Drop rows (a mask over the active rows), before or after the prompts ran."""
+        self.active = self.active[mask]
+        live = len(self.active)
+        # compacting copies every live slot's buffer: worth it once half the slots are idle, so the
+        # copies add up to at most about twice the cache over the whole batch; on a device, idle
+        # slots cost little and the cache never leaves it
+        if self.prefilled and not self.model.io_binding and 0 < live <= len(self.lengths) // 2:
+            self.buffers = [b[self.active] for b in self.buffers]
+            self.lengths = self.lengths[self.active]
+            self.active = np.arange(live)
+            self._bind_buffers()
+
+
+class GrowingCacheBatch:
+    def __init__(self, model: "OnnxCausalLM", prompts: Sequence[Sequence[int]], pad_id: int):
+        self.model = model
+        self.ids, self.attention_mask, self.positions = left_pad(prompts, pad_id)
+        self.lengths = np.array([len(p) for p in prompts])
+        self.cache = model.empty_cache(len(prompts))
+
+    def forward(self, tokens: np.ndarray | None) -> np.ndarray:
+        if tokens is None:
+            ids, positions = self.ids, self.positions
+        else:
+            self.attention_mask = np.concatenate(
+                [self.attention_mask, np.ones((len(tokens), 1), np.int64)], axis=1)
+            ids, positions = tokens[:, None].astype(np.int64), self.lengths[:, None]
+            self.lengths = self.lengths + 1
+        logits, self.cache = self.model.forward(ids, self.attention_mask, positions, self.cache)
+        return logits
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.cache = self.cache.select(mask)
+        self.attention_mask = self.attention_mask[mask]
+        self.lengths = self.lengths[mask]
+        self.ids, self.positions = self.ids[mask], self.positions[mask]  # before the prompts ran
