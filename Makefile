@@ -13,7 +13,7 @@ ARGS ?=
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[export,train,bench,test]'
+	$(BIN)/python -m pip install --quiet -e '.[export,train,bench,serve,test]'
 	touch $@
 
 setup: $(VENV)/.installed

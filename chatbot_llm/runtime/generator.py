@@ -89,6 +89,18 @@ class Generator:
     def is_done(self) -> bool:
         return len(self.active) == 0
 
+    def cancel(self, row: int) -> None:
+        """Stop one row before the next step (the server's client went away, or it met a stop string)."""
+        keep = self.active != row
+        if keep.all():
+            return
+        self.results[row].finish_reason = self.results[row].finish_reason or "cancelled"
+        self.cache = self.cache.select(keep)
+        self.attention_mask = self.attention_mask[keep]
+        ids, positions = self._next_input
+        self._next_input = (ids[keep], positions[keep])
+        self.active = self.active[keep]
+
     def generate_next_token(self) -> list[tuple[int, int]]:
         """Run one step; returns (row, token) for every row that was still generating."""
         ids, positions = self._next_input
