@@ -211,6 +211,14 @@ async def _collect(queue, texts: list[str], finished: dict[int, RowEvent], count
             finished[event.index] = event
 
 
+async def _ready(queue: asyncio.Queue) -> list[RowEvent]:
+    """The next event and every other one already waiting."""
+    events = [await queue.get()]
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
 async def _until_disconnected(request: Request) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.25)
@@ -241,20 +249,24 @@ async def _stream(settings: ServerSettings, rows: list[Row], queue, exchange: "_
         if chat:
             for row in rows:
                 yield chunk([protocol.chat_delta(row.index, {"role": "assistant", "content": ""}, None)])
-        while len(finished) < len(rows):
-            event = await queue.get()
-            if event.finish_reason and event.finish_reason.startswith("error:"):
-                error = ApiError(500, f"generation failed: {event.finish_reason[6:]}", "server_error")
-                yield "data: " + json.dumps(error.body()) + "\n\n"
-                settings.scheduler.cancel(rows)
-                break
-            texts[event.index] += event.text
-            if event.text:
-                yield chunk([choice(event.index, event.text, None)])
-            if event.finish_reason:
-                finished[event.index] = event
-                yield chunk([choice(event.index, None if chat else "", event.finish_reason)])
-        else:
+        failed = False
+        while len(finished) < len(rows) and not failed:
+            out = []
+            for event in await _ready(queue):  # under load several deltas wait: one write for them all
+                if event.finish_reason and event.finish_reason.startswith("error:"):
+                    error = ApiError(500, f"generation failed: {event.finish_reason[6:]}", "server_error")
+                    out.append("data: " + json.dumps(error.body()) + "\n\n")
+                    settings.scheduler.cancel(rows)
+                    failed = True
+                    break
+                texts[event.index] += event.text
+                if event.text:
+                    out.append(chunk([choice(event.index, event.text, None)]))
+                if event.finish_reason:
+                    finished[event.index] = event
+                    out.append(chunk([choice(event.index, None if chat else "", event.finish_reason)]))
+            yield "".join(out)
+        if not failed:
             await exchange.write(texts, finished)
             if body.include_usage():
                 yield chunk([], usage=exchange.usage(finished))
