@@ -108,6 +108,10 @@ CASES = {
     "output-not-writable": (["-o", "/proc/version", "--overwrite"], 1, "cannot write to /proc/version"),
     "output-disk-full": (["-o", "/dev/full", "--append"], 1, "No space left on device"),
     "device-cuda-missing": (["--device", "cuda"], 2, "has no CUDA provider"),
+    "template-missing": (["--template", "/no/such.jinja"], 2, "template not found"),
+    "template-invalid": (["--template", "MAKE"], 2, "is not a valid Jinja2 template"),
+    "template-fails-to-render": (["--template", "MAKE"], 2, "failed to render the messages"),
+    "log-db-directory": (["--log", "--log-db", "TMP"], 2, "is a directory"),
 }
 
 MAKERS = {
@@ -124,6 +128,8 @@ MAKERS = {
     "prompt-of-one-megabyte": _file("huge.txt", "x" * 1_000_000 + "\n"),
     "prompt-longer-than-context-truncated": _file("long.txt", " ".join(["dream"] * 200) + "\n"),
     "output-exists": _file("out.txt", "earlier results\n"),
+    "template-invalid": _file("bad.jinja", "{% for m in messages %}{{ m.content }}"),
+    "template-fails-to-render": _file("bad.jinja", "{{ messages[5].content }}"),
 }
 
 GREEDY = ["--greedy", "--max-new-tokens", "3"]  # before a case's own options, which win over them

@@ -180,7 +180,7 @@ def test_a_cancelled_row_stops_and_the_rows_beside_it_carry_on(exports):
     from chatbot_llm.models import load_text_generator
     from chatbot_llm.serve.scheduler import Row, Scheduler
 
-    tg = load_text_generator(exports["opt"].parent.parent / exports["opt"].parent.name / "opt")
+    tg = load_text_generator(str(exports["opt"]))  # the export folder itself
     scheduler = Scheduler(max_batch=4)
     events: dict[int, list] = {0: [], 1: []}
     config = GenerationConfig(max_new_tokens=40, do_sample=False)
@@ -234,7 +234,7 @@ ERRORS = {
     "template-invalid": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                   "chat_template": "{% for m in messages %}"}, KEY, 400,
                          "invalid_template"),
-    "queue-full": ("/v1/completions", {**GOOD, "prompt": ["a", "b", "c"], "n": 16}, KEY, 503, "queue_full"),
+    "too-many-rows": ("/v1/completions", {**GOOD, "prompt": ["a", "b", "c"], "n": 16}, KEY, 400, "too_many_rows"),
 }
 
 
@@ -248,8 +248,21 @@ def test_bad_requests_get_the_openai_error_shape_and_the_server_goes_on(server, 
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert expected in (error["code"], error["param"]), error
-    if status == 503:
-        assert response.headers["retry-after"] == "1"
+    assert server.post("/v1/completions", {"model": server.model, **GOOD}).status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served(server):
+    """12 requests of 16 rows at once: 32 rows run, 40 wait (--max-queue 40), the rest are turned away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": server.model, "prompt": "Hello", "n": 16, "max_tokens": 50, "temperature": 0}
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda _: server.post("/v1/completions", body), range(12)))
+    busy = [r for r in responses if r.status_code == 503]
+    served = [r for r in responses if r.status_code == 200]
+    assert busy and served and len(busy) + len(served) == 12
+    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "queue_full" for r in busy)
+    assert all(len(r.json()["choices"]) == 16 for r in served)
     assert server.post("/v1/completions", {"model": server.model, **GOOD}).status_code == 200
 
 
@@ -355,3 +368,18 @@ def test_serve_on_a_taken_port_is_one_line(tiny_checkpoint, exports):
         result = run_cli("serve", "--model", str(tiny_checkpoint), "--port", str(taken.getsockname()[1]))
     assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_logs_and_continue_errors_are_one_line(tiny_checkpoint, exports, tmp_path):
+    cases = [
+        (["chat", "--model", str(tiny_checkpoint), "--continue", "--no-log"], "--continue reads the last conversation"),
+        (["logs", "--log-db", str(tmp_path / "none.db")], "no history at"),
+    ]
+    db = tmp_path / "h.db"
+    assert run_cli("chat", "--model", str(tiny_checkpoint), "--max-new-tokens", "2", "--log-db", str(db),
+                   stdin="hi\n").returncode == 0
+    cases.append((["logs", "--log-db", str(db), "-q", '"unclosed'], "cannot search for"))
+    for argv, fragment in cases:
+        result = run_cli(*argv, stdin="")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], result.stderr

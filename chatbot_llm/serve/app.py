@@ -172,6 +172,9 @@ async def _respond(request: Request, settings: ServerSettings, served: ServedMod
 
     rows = [Row(tg, ids, config, index=p * body.n + c, stream_key=c, stops=body.stop or [], deliver=deliver)
             for p, ids in enumerate(encoded) for c in range(body.n)]
+    if len(rows) > settings.scheduler.max_queue:  # it would never fit: not worth a retry
+        raise ApiError(400, f"this request asks for {len(rows)} rows (prompts x n); the server queues at most "
+                            f"{settings.scheduler.max_queue}", param="n", code="too_many_rows")
     try:
         settings.scheduler.submit(rows)
     except QueueFull as exc:
