@@ -8,8 +8,10 @@ prompts until all are answered. Each request records its time to first token (th
 delta), its total latency and its tokens (the usage chunk). At the end every prompt index must
 have been answered exactly once, with one finish_reason and one [DONE]. The server's resident
 memory (VmRSS) is sampled every quarter second. Then `chatbot-llm batch --batch-size 32` runs the
-same prompts with the same settings, and its wall time (less a one-prompt run's start-up) gives
-its tokens/s. The machine's load average is recorded: other work on the cores slows both runs.
+same prompts with the same settings, once before the server and once after it (other work on
+the shared cores comes and goes, so the server is compared with the mean of the two); its wall
+time, less a one-prompt run's start-up, gives its tokens/s. The machine's load average and each
+run's CPU seconds are recorded too.
 A PNG beside the JSON shows RSS over the run and the latency distributions.
 """
 
@@ -108,12 +110,32 @@ def sample_rss(pid: int, samples: list, stop: threading.Event, t0: float) -> Non
         stop.wait(0.25)
 
 
-def run_batch(prompt_file: Path, out: Path, max_tokens: int, batch_size: int) -> float:
+def run_batch(prompt_file: Path, out: Path, max_tokens: int, batch_size: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of one `batch` run."""
+    import resource
+
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "chatbot_llm", "batch", str(prompt_file), "--model", "dream",
                     "--batch-size", str(batch_size), "--max-new-tokens", str(max_tokens), "--format", "jsonl",
                     "-o", str(out), "--overwrite"], cwd=REPO, check=True, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+
+
+def batch_figures(prompt_file: Path, work: Path, prompts: list[str], max_tokens: int, name: str) -> dict:
+    one = work / "one.txt"
+    one.write_text(prompts[0] + "\n")
+    startup, _ = run_batch(one, work / "one.jsonl", max_tokens, 32)
+    out = work / f"{name}.jsonl"
+    wall, cpu = run_batch(prompt_file, out, max_tokens, 32)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tokens = sum(r["new_tokens"] for r in rows)
+    seconds = wall - startup  # less start-up and loading, as the server's figure has none
+    return {"batch_size": 32, "wall_seconds": round(wall, 2), "startup_seconds_one_prompt_run": round(startup, 2),
+            "generation_seconds": round(seconds, 2), "rows": len(rows), "completion_tokens": tokens,
+            "tokens_per_second": round(tokens / seconds, 1), "cpu_seconds": round(cpu, 1),
+            "load_average_after": os.getloadavg()}
 
 
 def main() -> None:
@@ -129,6 +151,7 @@ def main() -> None:
     prompt_file = work / "prompts.txt"
     prompts = write_prompts(prompt_file, args.requests)
     load_before = os.getloadavg()
+    batch_before = batch_figures(prompt_file, work, prompts, args.max_tokens, "batch_before")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -171,22 +194,14 @@ def main() -> None:
                     and all(len(r["finishes"]) == 1 and r["done"] == 1 for r in results))
     tokens = sum(r["tokens"] for r in results)
 
-    batch_out = work / "batch.jsonl"
-    one = work / "one.txt"
-    one.write_text(prompts[0] + "\n")
-    batch_startup = run_batch(one, work / "one.jsonl", args.max_tokens, 32)
-    batch_wall = run_batch(prompt_file, batch_out, args.max_tokens, 32)
-    batch_rows = [json.loads(line) for line in batch_out.read_text().splitlines()]
-    batch_tokens = sum(r["new_tokens"] for r in batch_rows)
-    batch_seconds = batch_wall - batch_startup  # less start-up and loading, as the server's figure has none
-    load_after = os.getloadavg()
+    batch_after = batch_figures(prompt_file, work, prompts, args.max_tokens, "batch_after")
 
     server_tps = tokens / wall
-    batch_tps = batch_tokens / batch_seconds
+    batch_tps = (batch_before["tokens_per_second"] + batch_after["tokens_per_second"]) / 2
     report = {
         "command": " ".join(["python benchmarks/serve_load.py", *sys.argv[1:]]),
         "machine": machine(),
-        "load_average_1_5_15": {"before": load_before, "after_server_run": load_during, "after_batch_run": load_after},
+        "load_average_1_5_15": {"before": load_before, "after_server_run": load_during},
         "settings": {"model": "dream", "variant": "opt (default)", "requests": args.requests, "clients": args.clients,
                      "max_tokens": args.max_tokens, "max_batch": args.max_batch,
                      "sampling": "dream's generation_config.json (temperature 0.7, top_k 50, top_p 0.9, "
@@ -202,11 +217,14 @@ def main() -> None:
             "every_request_answered_exactly_once": exactly_once,
             "cpu_seconds": {"server": round(server_cpu, 1), "load_test_clients": round(client_cpu, 1)},
         },
-        "batch": {"batch_size": 32, "wall_seconds": round(batch_wall, 2),
-                  "startup_seconds_one_prompt_run": round(batch_startup, 2),
-                  "generation_seconds": round(batch_seconds, 2), "rows": len(batch_rows),
-                  "completion_tokens": batch_tokens, "tokens_per_second": round(batch_tps, 1)},
+        "batch_before_server": batch_before,
+        "batch_after_server": batch_after,
+        "batch_tokens_per_second_mean": round(batch_tps, 1),
         "server_vs_batch_tokens_per_second": round(server_tps / batch_tps, 3),
+        "tokens_per_cpu_second": {
+            "server": round(tokens / server_cpu, 1),
+            "batch": round((batch_before["completion_tokens"] + batch_after["completion_tokens"])
+                           / (batch_before["cpu_seconds"] + batch_after["cpu_seconds"]), 1)},
         "rss_samples": samples,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -231,10 +249,12 @@ def plot(report: dict, results: list[dict], path: Path) -> None:
     latency.set(title=f"{len(results)} requests, {report['settings']['clients']} streaming clients",
                 xlabel="ms", ylabel="requests")
     latency.legend()
-    names = [f"serve\n{report['settings']['clients']} clients", "batch\n--batch-size 32"]
-    rates = [report["server"]["tokens_per_second"], report["batch"]["tokens_per_second"]]
-    throughput.bar(names, rates, color=["tab:blue", "tab:gray"])
-    throughput.set(title=f"tokens/s (serve = {report['server_vs_batch_tokens_per_second']:.0%} of batch)",
+    names = [f"serve\n{report['settings']['clients']} clients", "batch before\n--batch-size 32",
+             "batch after\n--batch-size 32"]
+    rates = [report["server"]["tokens_per_second"], report["batch_before_server"]["tokens_per_second"],
+             report["batch_after_server"]["tokens_per_second"]]
+    throughput.bar(names, rates, color=["tab:blue", "tab:gray", "tab:gray"])
+    throughput.set(title=f"tokens/s (serve = {report['server_vs_batch_tokens_per_second']:.0%} of batch's mean)",
                    ylabel="tokens/s")
     figure.suptitle(f"chatbot-llm serve, dream, max_tokens {report['settings']['max_tokens']}: "
                     f"{report['machine']['cpu']}, {report['machine']['cores']} cores", fontsize=10)
