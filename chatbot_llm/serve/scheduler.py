@@ -143,7 +143,10 @@ class Scheduler:
                     for row in rows:
                         row.deliver(RowEvent(row.index, "", "error:" + str(exc)))
             for batch in list(self._batches):
-                self._step(batch)
+                try:
+                    self._step(batch)
+                except Exception as exc:  # a bug in one batch: its rows get the error, the others go on
+                    self._fail(batch, exc)
             self._batches = [b for b in self._batches if not b.generator.is_done()]
             with self._lock:
                 self._live_rows = sum(b.live() for b in self._batches)
@@ -177,12 +180,7 @@ class Scheduler:
         try:
             stepped = generator.generate_next_token()
         except Exception as exc:  # a failed forward pass ends its batch, not the server
-            for live in batch.rows:
-                if not live.done:
-                    live.done = True
-                    live.row.deliver(RowEvent(live.row.index, "", f"error:{type(exc).__name__}: {exc}"))
-            for i in range(len(batch.rows)):
-                generator.cancel(i)
+            self._fail(batch, exc)
             return
         seconds = time.perf_counter() - batch.started
         for i, token in stepped:
@@ -208,6 +206,15 @@ class Scheduler:
                     text += live.stop_text.flush()
             if text or finish:
                 live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, seconds))
+
+
+    @staticmethod
+    def _fail(batch: _Batch, exc: Exception) -> None:
+        for i, live in enumerate(batch.rows):
+            if not live.done:
+                live.done = True
+                live.row.deliver(RowEvent(live.row.index, "", f"error:{type(exc).__name__}: {exc}"))
+            batch.generator.cancel(i)
 
 
 def _groups(rows: list[Row]) -> list[list[Row]]:
