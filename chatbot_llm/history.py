@@ -105,7 +105,8 @@ class History:
 
     def add(self, *exchanges: Exchange) -> None:
         columns = [f for f in Exchange.__dataclass_fields__ if f != "id"]
-        rows = [[json.dumps(e.params) if c == "params" else getattr(e, c) for c in columns] for e in exchanges]
+        rows = [[json.dumps(e.params) if c == "params" else _storable(getattr(e, c)) for c in columns]
+                for e in exchanges]
         with self._connect() as db:
             db.executemany(f"INSERT INTO exchanges ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                            rows)
@@ -161,6 +162,13 @@ def turns_as_messages(exchanges: list[Exchange]) -> list[dict[str, str]]:
     for e in exchanges:
         messages += [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}]
     return messages
+
+
+def _storable(value: Any) -> Any:
+    """Text with lone surrogates (a terminal's bytes that are not UTF-8) made valid; SQLite takes only UTF-8."""
+    from chatbot_llm.runtime.textgen import valid_text
+
+    return valid_text(value) if isinstance(value, str) else value
 
 
 def _exchange(row: sqlite3.Row) -> Exchange:
