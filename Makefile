@@ -1,11 +1,12 @@
-# The README's two commands:  make chat  (set up, then chat)   and   make test  (set up, then test).
+# The README's two commands:  make chat  (set up, then chat)   and   make test  (set up, then test);
+# make serve  (set up, then serve the OpenAI API and the chat page).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= dream
 ARGS ?=
 
-.PHONY: setup setup-gpu chat test clean-exports
+.PHONY: setup setup-gpu chat serve test clean-exports
 .PRECIOUS: checkpoints/%/config.json
 
 # torch goes in first, pinned to the CPU wheel: a looser spec pulled in by another package would
@@ -13,7 +14,7 @@ ARGS ?=
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[export,train,bench,ray,test]'
+	$(BIN)/python -m pip install --quiet -e '.[export,train,bench,serve,ray,test]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -30,6 +31,10 @@ setup-gpu: setup
 # shape, to try the pipeline before you have a fine-tuned checkpoint of your own.
 chat: setup $(if $(filter checkpoints/%,$(MODEL)),$(MODEL)/config.json)
 	$(BIN)/chatbot-llm chat --model $(MODEL) $(ARGS)
+
+# The OpenAI-compatible server and its chat page on http://127.0.0.1:8000/ (ARGS="--port 9000 ..." for more).
+serve: setup
+	$(BIN)/chatbot-llm serve --model $(MODEL) $(ARGS)
 
 checkpoints/%/config.json: | setup
 	$(BIN)/python benchmarks/make_random_checkpoint.py checkpoints/$* --shape $*

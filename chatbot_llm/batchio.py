@@ -243,12 +243,15 @@ def resume_point(output: Path, fmt: str, prompt_file: Path) -> tuple[int, bool]:
     return done, header or (fmt != "csv" and done > 0)
 
 
-def batch_record(generator, params: dict[str, Any], number: int, completion) -> dict[str, Any]:
-    """One prompt's result as batch writes it (jsonl shows every field); a local run and a Ray
-    worker build it here, so both write the same records."""
+def batch_record(generator, params: dict[str, Any], number: int, prompt: str, completion) -> dict[str, Any]:
+    """One prompt's result as batch writes it (jsonl shows every field): the prompt as the file has it
+    (not as a --template rendered it). A local run and a Ray worker build it here, so both write the
+    same records."""
+    from chatbot_llm.runtime.textgen import valid_text
+
     return {
         "index": number,
-        "prompt": completion.prompt,
+        "prompt": valid_text(prompt),
         "response": completion.response,
         "model": generator.model_name,
         "backend": generator.backend,

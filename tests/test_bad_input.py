@@ -142,6 +142,10 @@ CASES = {
     "sweep-preset-exists": (["sweep-preset", "MAKE", "-o", "MAKE/results.jsonl"], 2,
                             "already exists; add --overwrite"),
     "sweep-not-a-sweep-folder": (["sweep-report", "TMP"], 2, "is not a sweep folder: it has no sweep.json"),
+    "template-missing": (["--template", "/no/such.jinja"], 2, "template not found"),
+    "template-invalid": (["--template", "MAKE"], 2, "is not a valid Jinja2 template"),
+    "template-fails-to-render": (["--template", "MAKE"], 2, "failed to render the messages"),
+    "log-db-directory": (["--log", "--log-db", "TMP"], 2, "is a directory"),
 }
 
 MAKERS = {
@@ -160,6 +164,8 @@ MAKERS = {
     "prompt-longer-than-context-truncated": _file("long.txt", " ".join(["dream"] * 200) + "\n"),
     "output-exists": _file("out.txt", "earlier results\n"),
     **{case: _sweep_folder for case in CASES if case.startswith("sweep-preset")},
+    "template-invalid": _file("bad.jinja", "{% for m in messages %}{{ m.content }}"),
+    "template-fails-to-render": _file("bad.jinja", "{{ messages[5].content }}"),
 }
 
 GREEDY = ["--greedy", "--max-new-tokens", "3"]  # before a case's own options, which win over them

@@ -197,3 +197,23 @@ def test_the_onnx_path_never_imports_torch_or_transformers(exports, tiny_checkpo
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("variant", ["fp32", "opt"])
+@pytest.mark.parametrize("when", [0, 3])
+def test_a_row_cancelled_before_or_during_generation_leaves_the_others_as_they_were(exports, prompts, variant, when):
+    """The server cancels a row when its client goes away, also before its prompt ran."""
+    from chatbot_llm.runtime.generator import Generator
+
+    model = OnnxCausalLM(exports[variant] / "model.onnx")
+    config = GenerationConfig(do_sample=False, max_new_tokens=8, repetition_penalty=1.2)
+    generator = Generator(model, prompts, config, EOS, CONTEXT)
+    for _ in range(when):
+        generator.generate_next_token()
+    generator.cancel(1)
+    while not generator.is_done():
+        generator.generate_next_token()
+    others = [p for i, p in enumerate(prompts) if i != 1]
+    expected = tokens(generate_ids(model, others, config, EOS, CONTEXT))
+    assert [r.tokens for i, r in enumerate(generator.results) if i != 1] == expected
+    assert generator.results[1].finish_reason == "cancelled" and len(generator.results[1].tokens) == when

@@ -70,18 +70,23 @@ def _records(path, fmt):
     return text
 
 
-@pytest.mark.parametrize("fmt,sampling,source", [("text", "greedy", "txt"), ("jsonl", "greedy", "txt"),
+@pytest.mark.parametrize("fmt,sampling,source", [("text", "greedy", "txt"), ("jsonl", "greedy+template+stop", "txt"),
                                                  ("csv", "greedy", "jsonl"), ("jsonl", "seeded", "jsonl"),
                                                  ("text", "seeded", "txt")])
 def test_a_ray_run_writes_what_a_local_run_writes(fmt, sampling, source, ray_address, prompt_file, jsonl_prompt_file,
                                                   tiny_checkpoint, exports, tmp_path):
     prompt_file = jsonl_prompt_file if source == "jsonl" else prompt_file
-    generation = ["--greedy"] if sampling == "greedy" else ["--seed", "11", "--temperature", "1.3"]
+    generation = ["--greedy"] if sampling.startswith("greedy") else ["--seed", "11", "--temperature", "1.3"]
+    if sampling.endswith("stop"):  # rendered on the driver, cut on the workers: still the local run's records
+        generation += ["--template", "question", "--stop", "e"]
     local, on_ray = tmp_path / f"local.{fmt}", tmp_path / f"ray.{fmt}"
     _batch(prompt_file, tiny_checkpoint, local, "--format", fmt, *generation)
     result = _batch(prompt_file, tiny_checkpoint, on_ray, "--format", fmt, *generation, ray_at=ray_address)
     assert _records(on_ray, fmt) == _records(local, fmt)
     assert len(_records(local, "jsonl" if fmt == "jsonl" else "text")) > 0
+    if sampling.endswith("stop"):
+        assert any(row["finish_reason"] == "stop" for row in _records(on_ray, fmt))
+        assert [row["prompt"] for row in _records(on_ray, fmt)] == PROMPTS  # as typed, not as rendered
     summary = [line for line in result.stderr.splitlines() if line.startswith("ray: ")]
     assert summary and "2 workers" in summary[0] and "prompts/s" in summary[0], result.stderr
 

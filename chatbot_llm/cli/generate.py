@@ -10,8 +10,11 @@ import click
 
 from chatbot_llm.cli.app import cli, err, generation_options, load_model, model_options, split_generation_args
 from chatbot_llm.cli.scale import batch_on_ray, ray_options
+from chatbot_llm.cli.dialogue import Dialogue, history_options, stop_option, template_option
 from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, parse_value
 from chatbot_llm.errors import PromptTooLong, UsageError
+from chatbot_llm.runtime.stops import cut_completion
+from chatbot_llm.runtime.textgen import valid_text
 
 
 # ---------------------------------------------------------------- chat
@@ -21,7 +24,8 @@ CHAT_HELP = """Commands:
   /params           show the parameters in use
   /help             this help
   exit, quit        leave (so do Ctrl-D and Ctrl-C at the prompt)
-Each message is a prompt the model continues; there is no memory between turns.
+Each message is a prompt the model continues; there is no memory between turns, unless
+--continue carries the conversation's turns into the prompt (through --template).
 Ctrl-C while a reply is streaming stops that reply."""
 
 
@@ -33,18 +37,28 @@ def _bot_label(name: str) -> str:
 @model_options
 @click.option("--output-file", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Append each prompt and reply here, in the seed's format.")
+@click.option("--continue", "continue_", is_flag=True,
+              help="Carry on the last chat conversation in the history: its turns, and this session's, go into "
+                   "each prompt through --template.")
+@template_option
+@stop_option
+@history_options
 @generation_options
-def chat(model: str, backend: str, variant: str | None, device: str, output_file: Path | None, **kwargs: Any) -> None:
+def chat(model: str, backend: str, variant: str | None, device: str, output_file: Path | None, continue_: bool,
+         template: str | None, stops: tuple[str, ...], log_db: Path | None, no_log: bool, **kwargs: Any) -> None:
     """Talk to a model: each line you type is a prompt, the reply streams as it is generated."""
     from chatbot_llm.batchio import output_stream
 
     generation_args = split_generation_args(kwargs)
+    dialogue = Dialogue.from_options(template, stops, log_db, no_log, "chat", remember=continue_)
     with output_stream(output_file, append=True, overwrite=False) as (out, _):
         generator, config = load_model(model, backend, variant, generation_args, device)
-        _chat_loop(generator, config, out if output_file else None)
+        if continue_:
+            generator.truncate = True  # a long conversation keeps its newest turns
+        _chat_loop(generator, config, out if output_file else None, dialogue)
 
 
-def _chat_loop(generator, config: GenerationConfig, out) -> None:
+def _chat_loop(generator, config: GenerationConfig, out, dialogue: Dialogue) -> None:
     from chatbot_llm.batchio import format_record, write_record
 
     label = _bot_label(generator.model_name)
@@ -74,13 +88,15 @@ def _chat_loop(generator, config: GenerationConfig, out) -> None:
         turn += 1
         click.echo(f"{label}: ", nl=False)
         try:
-            completion = generator.generate(
-                [prompt], config, stream_keys=[turn], on_text=lambda _row, text: click.echo(text, nl=False)
-            )[0]
+            rendered = dialogue.render(prompt)
+            on_text = dialogue.stop_filter(lambda _row, text: click.echo(text, nl=False))
+            completion = generator.generate([rendered], config, stream_keys=[turn], on_text=on_text)[0]
+            on_text.flush()
+            completion = dialogue.finish(generator, config, prompt, rendered, completion)
         except KeyboardInterrupt:
             click.echo(" [stopped]")
             continue
-        except PromptTooLong as exc:  # the chat goes on: the next line may fit
+        except UsageError as exc:  # a prompt too long, a template that fails: the chat goes on
             click.echo()
             err.print(f"error: {exc}", soft_wrap=True, highlight=False, markup=False)
             continue
@@ -133,10 +149,16 @@ def _print_params(config: GenerationConfig) -> None:
 @click.option("--truncate", is_flag=True,
               help="Cut a prompt longer than the model's context from the left (with a warning) instead of "
                    "stopping at it.")
+@template_option
+@stop_option
+@click.option("--log", "log", is_flag=True, help="Record each exchange in the history (see chatbot-llm logs).")
+@click.option("--log-db", type=click.Path(dir_okay=False, path_type=Path),
+              help="The SQLite history --log writes to (default: history.db in the project root).")
 @generation_options
 @ray_options
 def batch(prompt_file: Path, model: str, backend: str, variant: str | None, device: str, output_file: Path | None,
           fmt: str, batch_size: int, append: bool, overwrite: bool, resume: bool, truncate: bool,
+          template: str | None, stops: tuple[str, ...], log: bool, log_db: Path | None,
           ray_address: str | None, workers: int | None, threads: int | None, **kwargs: Any) -> None:
     """Run every non-empty line of PROMPT_FILE through a model (a .jsonl file: each line's "prompt")."""
     from chatbot_llm.batchio import check_prompt_file, output_stream, resume_point
@@ -146,26 +168,29 @@ def batch(prompt_file: Path, model: str, backend: str, variant: str | None, devi
     if resume and output_file is None:
         raise UsageError("--resume needs the --output-file of the run to continue")
     generation_args = split_generation_args(kwargs)
+    dialogue = Dialogue.from_options(template, stops, log_db, not log, "batch")
     total = check_prompt_file(prompt_file)
     skip, has_header = resume_point(output_file, fmt, prompt_file) if resume else (0, False)
     if skip:
         err.print(f"resuming: {skip} of {total} prompts are already in {output_file}")
     with output_stream(output_file, append or resume, overwrite) as (out, has_records):
         if ray_address is not None:
+            if log:
+                raise UsageError("--log does not go with --ray yet; log a local run")
             done = batch_on_ray(ray_address, workers, threads, model, backend, variant, device, generation_args,
                                 prompt_file, total, out, fmt, batch_size, truncate,
-                                has_records if not resume else has_header, output_file, skip)
+                                has_records if not resume else has_header, output_file, skip, dialogue)
         else:
             generator, config = load_model(model, backend, variant, generation_args, device)
             generator.truncate = truncate
             done = _run_batch(generator, config, prompt_file, total, out, fmt, batch_size,
-                              has_records if not resume else has_header, output_file, skip)
+                              has_records if not resume else has_header, output_file, skip, dialogue)
     if output_file is not None:
         err.print(f"{done} results written to {output_file}")
 
 
 def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_records, output_file,
-               skip: int = 0) -> int:
+               skip: int = 0, dialogue: Dialogue | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from chatbot_llm.batchio import batch_record, format_record, prompt_windows, write_record
@@ -180,19 +205,26 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
             for chunk in windows:
                 numbers = [n for n, _ in chunk]
                 try:
-                    completions = generator.generate([p for _, p in chunk], config, stream_keys=numbers,
-                                                     max_batch=batch_size)
+                    rendered = [dialogue.render(p) for _, p in chunk] if dialogue else [p for _, p in chunk]
+                    completions = generator.generate(rendered, config, stream_keys=numbers, max_batch=batch_size)
                 except PromptTooLong as exc:
                     kept = f"; the {skip + done} results before it are in {output_file}, continue with --resume" \
                         if output_file else ""
                     raise UsageError(f"line {numbers[exc.row]} of {prompt_file}: {exc}{kept}") from None
-                for ordinal, (number, completion) in enumerate(zip(numbers, completions), start=first):
+                if dialogue is not None:
+                    completions = [cut_completion(c, dialogue.stops) for c in completions]
+                written = []  # (prompt, rendered prompt, completion) for the history
+                for ordinal, (number, (_, prompt), text, completion) in enumerate(
+                        zip(numbers, chunk, rendered, completions), start=first):
                     if ordinal < skip:
                         continue
-                    row = batch_record(generator, params, number, completion)
+                    written.append((valid_text(prompt), text, completion))
+                    row = batch_record(generator, params, number, prompt, completion)
                     write_record(out, format_record(fmt, row, header=(fmt == "csv" and not has_records)))
                     has_records = True
                     done += 1
+                if dialogue is not None:
+                    dialogue.log(generator, config, written)
                 progress.advance(task, len(chunk) - max(0, skip - first))
                 first += len(chunk)
     except KeyboardInterrupt:

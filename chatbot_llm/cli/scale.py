@@ -37,7 +37,7 @@ def ray_options(func: Callable) -> Callable:
 def batch_on_ray(address: str, workers: int | None, threads: int | None, model: str, backend: str,
                  variant: str | None, device: str, generation_args: dict[str, Any], prompt_file: Path, total: int,
                  out, fmt: str, batch_size: int, truncate: bool, has_records: bool, output_file: Path | None,
-                 skip: int) -> int:
+                 skip: int, dialogue=None) -> int:
     """batch --ray: resolve and export the model here, then hand the prompts to the cluster."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -61,6 +61,8 @@ def batch_on_ray(address: str, workers: int | None, threads: int | None, model: 
             done, summary = run_batch_on_ray(
                 address, workers, threads or 1, ref, export_dir, variant, device, config, prompt_file, total, out,
                 fmt, batch_size, truncate, has_records, output_file, skip,
+                render=dialogue.render if dialogue is not None else None,
+                stops=list(dialogue.stops) if dialogue is not None else [],
                 progress=lambda n: progress.advance(task, n), on_stage=lambda m: progress.console.print(f"[dim]{m}[/dim]"),
                 on_warning=warn)
     except KeyboardInterrupt:

@@ -71,6 +71,18 @@ class Generator:
     def is_done(self) -> bool:
         return len(self.active) == 0
 
+    def cancel(self, row: int) -> None:
+        """Stop one row before the next step (the server's client went away, or it met a stop string)."""
+        keep = self.active != row
+        if keep.all():
+            return
+        self.results[row].finish_reason = self.results[row].finish_reason or "cancelled"
+        self.active = self.active[keep]
+        if self._next_tokens is not None:
+            self._next_tokens = self._next_tokens[keep]
+        if len(self.active):
+            self.cache.keep(keep)
+
     def generate_next_token(self) -> list[tuple[int, int]]:
         """Run one step; returns (row, token) for every row that was still generating."""
         logits = self.cache.forward(self._next_tokens)

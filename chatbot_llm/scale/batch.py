@@ -22,13 +22,20 @@ def run_batch_on_ray(address: str, workers: int | None, threads: int, ref, expor
                      device: str, config, prompt_file: Path, total: int, out: IO[str], fmt: str,
                      batch_size: int, truncate: bool, has_records: bool, output_file: Path | None, skip: int,
                      progress: Callable[[int], None], on_stage: Callable[[str], None],
-                     on_warning: Callable[[str], None]) -> tuple[int, str]:
-    """(records written, the summary line); progress(n) advances the job's bar by n prompts."""
+                     on_warning: Callable[[str], None], render: Callable[[str], str] | None = None,
+                     stops: list[str] | None = None) -> tuple[int, str]:
+    """(records written, the summary line); progress(n) advances the job's bar by n prompts.
+
+    render: --template, applied here (the workers get each prompt as typed and as rendered);
+    stops: --stop strings, cut in the worker as a local run cuts them.
+    """
     from chatbot_llm.batchio import format_record, prompt_windows, write_record
 
     # wide when the local run might be (batchio.prompt_windows): the same batches either way
     first, windows = prompt_windows(prompt_file, batch_size, skip, wide=config.do_sample and config.seed is not None)
-    units = [{"unit": n, "first": ordinal, "chunk": json.dumps(chunk, ensure_ascii=False)}
+    units = [{"unit": n, "first": ordinal,
+              "chunk": json.dumps([[number, prompt, render(prompt) if render else prompt] for number, prompt in chunk],
+                                  ensure_ascii=False)}
              for n, (ordinal, chunk) in enumerate(_with_ordinals(first, windows))]
     with ray_cluster(address, on_stage) as ray:
         size = pool_size(ray, workers, threads)
@@ -37,7 +44,7 @@ def run_batch_on_ray(address: str, workers: int | None, threads: int, ref, expor
         timing = Timing(size)
         shipped = ship_export(ray, ref.name, export_dir, variant)
         constructor = {"shipped": shipped, "config": config, "batch_size": batch_size, "truncate": truncate,
-                       "threads": threads, "device": device}
+                       "stops": stops or [], "threads": threads, "device": device}
         done = 0
         for unit, payload in run_on_pool(ray, units, BatchWorker, constructor, size, threads):
             timing.add(payload)

@@ -48,8 +48,10 @@ class _Worker:
 class BatchWorker(_Worker):
     """One window of prompts in, its records out (generate's own batching and random streams)."""
 
-    def __init__(self, shipped, config, batch_size: int, truncate: bool, threads: int | None, device: str):
+    def __init__(self, shipped, config, batch_size: int, truncate: bool, stops: list[str], threads: int | None,
+                 device: str):
         super().__init__(threads, device)
+        self.stops = stops
         started = time.perf_counter()
         self.generator = load_shipped(shipped, threads, device, on_warning=self.warnings.append)
         self.generator.truncate = truncate
@@ -59,19 +61,22 @@ class BatchWorker(_Worker):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from chatbot_llm.batchio import batch_record
         from chatbot_llm.errors import PromptTooLong
+        from chatbot_llm.runtime.stops import cut_completion
 
         out: dict[str, list] = {"unit": [], "payload": []}
         for unit, chunk in zip(batch["unit"], batch["chunk"]):
             _maybe_fail(int(unit))
             started = time.perf_counter()
-            rows = json.loads(chunk)
-            numbers = [number for number, _ in rows]
+            rows = json.loads(chunk)  # [line number, prompt, prompt rendered through --template]
+            numbers = [number for number, _, _ in rows]
             records, error = [], None
             try:
-                completions = self.generator.generate([prompt for _, prompt in rows], self.config,
+                completions = self.generator.generate([rendered for _, _, rendered in rows], self.config,
                                                       stream_keys=numbers, max_batch=self.batch_size)
-                records = [batch_record(self.generator, self.params, number, completion)
-                           for number, completion in zip(numbers, completions)]
+                if self.stops:
+                    completions = [cut_completion(c, self.stops) for c in completions]
+                records = [batch_record(self.generator, self.params, number, prompt, completion)
+                           for (number, prompt, _), completion in zip(rows, completions)]
             except PromptTooLong as exc:  # the driver stops at it, as a local run does
                 error = {"line": numbers[exc.row], "message": str(exc)}
             out["unit"].append(int(unit))

@@ -1,0 +1,225 @@
+"""The scheduler: one worker thread owns the models and runs every forward pass.
+
+Requests become rows (one per prompt and choice). Rows wait in a bounded queue; at each step
+boundary the worker admits waiting rows into new Generators, then steps every live Generator once,
+so rows that arrive together are generated together, newcomers join between steps and finished
+rows leave, with at most max_batch rows live. The asyncio side never waits on a forward pass:
+each token's text goes back through the row's `deliver` callback, which the app points at
+loop.call_soon_threadsafe.
+
+Rows share a Generator only when they share a model and generation settings. A row's logits, and so
+its text, are the same alone or alongside 31 others: the decoder graph keeps each row's numbers
+apart; on fp32's left-padded graph a seeded sampled row shares a Generator only with rows of its own
+token length (TextGenerator.groups_by_length). Each row's random stream is
+keyed by (seed, its choice index), so a seed gives one text per choice, whatever else runs.
+
+Admission trades a little first-token time for throughput: each Generator costs a forward pass
+and a round of Python per step, so a row costs 2-3x more in a Generator of one or two rows than in
+one of eight or more (the dream model on 2 cores: 4.3 ms/row alone, 2.4 at 8 rows, 2.0 at 32).
+So while rows are live, newcomers wait until a quarter of max_batch is free and start together;
+on an idle server they start at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from chatbot_llm.config import GenerationConfig
+from chatbot_llm.runtime.generator import Generator
+from chatbot_llm.runtime.stops import StopText
+from chatbot_llm.runtime.tokenizer import StreamDecoder
+
+
+class QueueFull(Exception):
+    pass
+
+
+class RowEvent(NamedTuple):
+    index: int  # the choice it belongs to, within its request
+    text: str  # a text delta, possibly empty
+    finish_reason: str | None = None  # set on a row's last event: stop, length, error
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class Row:
+    """One choice of one request."""
+
+    text_generator: object  # chatbot_llm.runtime.textgen.TextGenerator (tokenizer, ONNX model, eos, context)
+    ids: list[int]
+    config: GenerationConfig
+    index: int  # the choice's index in its response
+    stream_key: int  # its random stream: (seed, stream_key); the choice's number within its prompt
+    stops: list[str]
+    deliver: Callable[[RowEvent], None]
+    cancelled: bool = False
+
+    def group_key(self) -> tuple:
+        by_length = self.text_generator.groups_by_length(self.config)
+        return (id(self.text_generator), self.config, len(self.ids) if by_length else -1)
+
+
+class _LiveRow:
+    def __init__(self, row: Row):
+        self.row = row
+        self.decoder = StreamDecoder(row.text_generator.tokenizer)
+        self.stop_text = StopText(row.stops)
+        self.tokens = 0
+        self.done = False
+
+
+class _Batch:
+    def __init__(self, rows: list[Row]):
+        first = rows[0]
+        tg = first.text_generator
+        self.generator = Generator(tg.model, [r.ids for r in rows], first.config, tg.eos_token_id,
+                                   tg.context_length, stream_keys=[r.stream_key for r in rows])
+        self.rows = [_LiveRow(r) for r in rows]
+        self.started = time.perf_counter()
+
+    def live(self) -> int:
+        return sum(not r.done for r in self.rows)
+
+
+class Scheduler:
+    def __init__(self, max_batch: int = 32, max_queue: int = 256):
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.admit_min = max(1, max_batch // 4)
+        self._lock = threading.Condition()
+        self._waiting: deque[Row] = deque()
+        self._batches: list[_Batch] = []  # the worker's own
+        self._live_rows = 0  # read by other threads under the lock
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="chatbot-llm-scheduler", daemon=True)
+
+    # ------------------------------------------------------------ the asyncio side (never blocks)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, rows: list[Row]) -> None:
+        with self._lock:
+            if len(self._waiting) + len(rows) > self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} rows are waiting (the limit is {self.max_queue})")
+            self._waiting.extend(rows)
+            self._lock.notify_all()
+
+    def cancel(self, rows: list[Row]) -> None:
+        """Stop these rows at the next step boundary (their client went away)."""
+        for row in rows:
+            row.cancelled = True
+        with self._lock:
+            self._lock.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"live_rows": self._live_rows, "waiting_rows": len(self._waiting),
+                    "max_batch": self.max_batch, "max_queue": self.max_queue}
+
+    # ------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._batches and not self._waiting:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                newcomers = self._admit()
+            for rows in _groups(newcomers):
+                try:
+                    self._batches.append(_Batch(rows))
+                except Exception as exc:  # a bad row must not stop the worker
+                    for row in rows:
+                        row.deliver(RowEvent(row.index, "", "error:" + str(exc)))
+            for batch in list(self._batches):
+                try:
+                    self._step(batch)
+                except Exception as exc:  # a bug in one batch: its rows get the error, the others go on
+                    self._fail(batch, exc)
+            self._batches = [b for b in self._batches if not b.generator.is_done()]
+            with self._lock:
+                self._live_rows = sum(b.live() for b in self._batches)
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows to start now (under the lock)."""
+        while self._waiting and self._waiting[0].cancelled:
+            self._waiting.popleft()
+        live = sum(b.live() for b in self._batches)
+        free = self.max_batch - live
+        if free <= 0 or not self._waiting:
+            return []
+        if live and free < self.admit_min:
+            return []
+        taken = []
+        while self._waiting and len(taken) < free:
+            row = self._waiting.popleft()
+            if not row.cancelled:
+                taken.append(row)
+        self._live_rows = live + len(taken)
+        return taken
+
+    def _step(self, batch: _Batch) -> None:
+        generator = batch.generator
+        for i, live in enumerate(batch.rows):
+            if live.row.cancelled and not live.done:
+                generator.cancel(i)
+                live.done = True
+        if generator.is_done():
+            return
+        try:
+            stepped = generator.generate_next_token()
+        except Exception as exc:  # a failed forward pass ends its batch, not the server
+            self._fail(batch, exc)
+            return
+        seconds = time.perf_counter() - batch.started
+        for i, token in stepped:
+            live = batch.rows[i]
+            result = generator.results[i]
+            text = ""
+            if token != generator.eos:
+                live.tokens += 1
+                delta = live.decoder.add(token)
+                text = live.stop_text.add(delta) if delta else ""
+            if live.stop_text.stopped:
+                generator.cancel(i)
+                finish = "stop"
+            elif result.finish_reason == "eos":
+                finish = "stop"
+            elif result.finish_reason in ("length", "context"):
+                finish = "length"
+            else:
+                finish = None
+            if finish is not None:
+                live.done = True
+                if finish != "stop" or not live.stop_text.stopped:
+                    text += live.stop_text.flush()
+            if text or finish:
+                live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, seconds))
+
+
+    @staticmethod
+    def _fail(batch: _Batch, exc: Exception) -> None:
+        for i, live in enumerate(batch.rows):
+            if not live.done:
+                live.done = True
+                live.row.deliver(RowEvent(live.row.index, "", f"error:{type(exc).__name__}: {exc}"))
+            batch.generator.cancel(i)
+
+
+def _groups(rows: list[Row]) -> list[list[Row]]:
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row.group_key(), []).append(row)
+    return list(groups.values())
