@@ -131,6 +131,7 @@ CASES = {
     "ray-address-unreachable": (["--ray", "127.0.0.1:1"], 1, "cannot reach the Ray cluster at "),
     "ray-address-malformed": (["--ray", "nowhere"], 2, "is not an address; give auto, HOST:PORT"),
     "ray-options-without-ray": (["--workers", "2"], 2, "--workers and --threads go with --ray"),
+    "ray-with-log": (["--ray", "--log"], 2, "--log does not go with --ray yet"),
     "sweep-preset-rank-out-of-range": (["sweep-preset", "MAKE", "--rank", "9", "--name", "x"], 2,
                                        "has ranks 1 to 2 (best perplexity first)"),
     "sweep-preset-rank-not-a-number": (["sweep-preset", "MAKE", "--rank", "first", "--name", "x"], 2,
