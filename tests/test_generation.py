@@ -217,3 +217,19 @@ def test_a_row_cancelled_before_or_during_generation_leaves_the_others_as_they_w
     expected = tokens(generate_ids(model, others, config, EOS, CONTEXT))
     assert [r.tokens for i, r in enumerate(generator.results) if i != 1] == expected
     assert generator.results[1].finish_reason == "cancelled" and len(generator.results[1].tokens) == when
+
+
+def test_a_stop_string_ends_the_row_there_and_nothing_past_it_streams(exports, tiny_checkpoint):
+    generator = load_text_generator(str(tiny_checkpoint), "onnx", "opt")
+    config = GenerationConfig(do_sample=False, max_new_tokens=24, repetition_penalty=1.2)
+    texts = ["I was walking through my old school", "Subject: meeting tomorrow"]
+    full = generator.generate(texts, config)
+    words = full[0].response.split(" ")
+    stop = words[2][-2:] + " " + words[3][:2]  # spans a token boundary
+    streamed = {0: "", 1: ""}
+    cut = generator.generate(texts, config, stops=[stop],
+                             on_text=lambda row, text: streamed.__setitem__(row, streamed[row] + text))
+    assert cut[0].response == full[0].response[: full[0].response.index(stop)].rstrip()
+    assert cut[0].finish_reason == "stop" and len(cut[0].tokens) < len(full[0].tokens)  # it ended there
+    assert streamed[0].strip() == cut[0].response and stop not in streamed[0]
+    assert cut[1].tokens == full[1].tokens and streamed[1].strip() == full[1].response  # its neighbour as it was

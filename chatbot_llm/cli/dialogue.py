@@ -12,7 +12,6 @@ import click
 
 from chatbot_llm.cli.app import err
 from chatbot_llm.errors import UsageError
-from chatbot_llm.runtime.stops import cut_completion, stop_filter
 
 if TYPE_CHECKING:
     from chatbot_llm.history import History
@@ -87,15 +86,8 @@ class Dialogue:
             return prompt
         return self.template.render_prompt(prompt, self.turns if self.remember else [])
 
-    def stop_filter(self, on_text):
-        filtered = stop_filter(on_text, self.stops)
-        if not hasattr(filtered, "flush"):
-            filtered = _with_flush(filtered)
-        return filtered
-
     def finish(self, generator, config, prompt: str, rendered: str, completion):
-        """The completion cut at a stop string; remembered and logged."""
-        completion = cut_completion(completion, self.stops)
+        """The completion (already cut at a stop string by TextGenerator.generate) remembered and logged."""
         if self.remember:
             self.turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.response}]
         self.log(generator, config, [(prompt, rendered, completion)])
@@ -115,10 +107,3 @@ class Dialogue:
             for prompt, rendered, c in exchanges])
 
 
-def _with_flush(on_text):
-    def call(row, text):
-        if on_text is not None:
-            on_text(row, text)
-
-    call.flush = lambda: None
-    return call

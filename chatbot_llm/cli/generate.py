@@ -13,7 +13,6 @@ from chatbot_llm.cli.scale import batch_on_ray, ray_options
 from chatbot_llm.cli.dialogue import Dialogue, history_options, stop_option, template_option
 from chatbot_llm.config import PARAMETERS, GenerationConfig, canonical_name, parse_value
 from chatbot_llm.errors import PromptTooLong, UsageError
-from chatbot_llm.runtime.stops import cut_completion
 from chatbot_llm.runtime.textgen import valid_text
 
 
@@ -89,9 +88,8 @@ def _chat_loop(generator, config: GenerationConfig, out, dialogue: Dialogue) -> 
         click.echo(f"{label}: ", nl=False)
         try:
             rendered = dialogue.render(prompt)
-            on_text = dialogue.stop_filter(lambda _row, text: click.echo(text, nl=False))
-            completion = generator.generate([rendered], config, stream_keys=[turn], on_text=on_text)[0]
-            on_text.flush()
+            completion = generator.generate([rendered], config, stream_keys=[turn], stops=dialogue.stops,
+                                            on_text=lambda _row, text: click.echo(text, nl=False))[0]
             completion = dialogue.finish(generator, config, prompt, rendered, completion)
         except KeyboardInterrupt:
             click.echo(" [stopped]")
@@ -206,13 +204,12 @@ def _run_batch(generator, config, prompt_file, total, out, fmt, batch_size, has_
                 numbers = [n for n, _ in chunk]
                 try:
                     rendered = [dialogue.render(p) for _, p in chunk] if dialogue else [p for _, p in chunk]
-                    completions = generator.generate(rendered, config, stream_keys=numbers, max_batch=batch_size)
+                    completions = generator.generate(rendered, config, stream_keys=numbers, max_batch=batch_size,
+                                                     stops=dialogue.stops if dialogue else ())
                 except PromptTooLong as exc:
                     kept = f"; the {skip + done} results before it are in {output_file}, continue with --resume" \
                         if output_file else ""
                     raise UsageError(f"line {numbers[exc.row]} of {prompt_file}: {exc}{kept}") from None
-                if dialogue is not None:
-                    completions = [cut_completion(c, dialogue.stops) for c in completions]
                 written = []  # (prompt, rendered prompt, completion) for the history
                 for ordinal, (number, (_, prompt), text, completion) in enumerate(
                         zip(numbers, chunk, rendered, completions), start=first):

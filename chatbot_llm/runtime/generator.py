@@ -18,7 +18,8 @@ from chatbot_llm.runtime.onnx_model import OnnxCausalLM
 from chatbot_llm.runtime.processors import apply_processors, build_processors, sample
 
 # Called with (row, token id) for each token as it is generated; the row indexes the prompt list.
-TokenCallback = Callable[[int, int], None]
+# A true return value ends that row there (a stop string was met).
+TokenCallback = Callable[[int, int], "bool | None"]
 
 
 @dataclass
@@ -130,6 +131,6 @@ def generate_ids(
     generator = Generator(model, prompts, config, eos_token_id, context_length, stream_keys)
     while not generator.is_done():
         for row, token in generator.generate_next_token():
-            if on_token is not None and token != eos_token_id:
-                on_token(row, token)
+            if on_token is not None and token != eos_token_id and on_token(row, token):
+                generator.cancel(row)
     return generator.results

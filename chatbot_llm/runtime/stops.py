@@ -65,25 +65,3 @@ def cut_completion(completion, stops: Sequence[str]):
     if not stopped:
         return completion
     return dataclasses.replace(completion, response=response.rstrip(), finish_reason="stop")
-
-
-def stop_filter(on_text, stops: Sequence[str]):
-    """Wrap a TextGenerator on_text callback (row, delta) so that nothing past a stop string streams."""
-    if on_text is None or not stops:
-        return on_text
-    rows: dict[int, StopText] = {}
-
-    def filtered(row: int, delta: str) -> None:
-        text = rows.setdefault(row, StopText(stops)).add(delta)
-        if text:
-            on_text(row, text)
-
-    def flush() -> None:  # after generate(): release the held-back tails of rows that did not stop
-        for row, stop_text in rows.items():
-            if not stop_text.stopped:
-                tail = stop_text.flush()
-                if tail:
-                    on_text(row, tail)
-
-    filtered.flush = flush
-    return filtered

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.errors import PromptTooLong
 from chatbot_llm.runtime.generator import RowResult
+from chatbot_llm.runtime.stops import StopText, cut_completion
 from chatbot_llm.runtime.tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
@@ -108,8 +109,12 @@ class TextGenerator:
         stream_keys: Sequence[int] | None = None,
         on_text: TextCallback | None = None,
         max_batch: int | None = None,
+        stops: Sequence[str] = (),
     ) -> list[Completion]:
         """Completions in the order of the prompts, generated max_batch at a time (default: all).
+
+        stops: a row ends before the first of these strings (also one spanning several tokens): its
+        text is cut there, nothing past it streams, and its finish_reason is "stop".
 
         A seeded call must give the same text per prompt at any batch size, so a row's logits must
         be bit-identical in any batch: a draw ~1e-6 from the edge between two tokens could otherwise
@@ -127,13 +132,17 @@ class TextGenerator:
                 exc.row = row
                 raise
         on_token = None
-        if on_text is not None:
+        stop_texts = [StopText(stops) for _ in prompts] if any(stops) else None
+        if on_text is not None or stop_texts:
             decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
 
-            def on_token(row: int, token: int) -> None:
+            def on_token(row: int, token: int) -> bool:
                 delta = decoders[row].add(token)
-                if delta:
+                if stop_texts:
+                    delta = stop_texts[row].add(delta)  # what is safe to show: no part of a stop string
+                if delta and on_text is not None:
                     on_text(row, delta)
+                return bool(stop_texts) and stop_texts[row].stopped  # True ends the row
 
         keys = list(stream_keys) if stream_keys is not None else list(range(len(prompts)))
         results: list[RowResult | None] = [None] * len(prompts)
@@ -143,7 +152,12 @@ class TextGenerator:
                                      on_token=callback)
             for row, result in zip(rows, done):
                 results[row] = result
-        return [
+        if stop_texts and on_text is not None:  # the held-back tails of rows that met no stop string
+            for row, stop_text in enumerate(stop_texts):
+                tail = "" if stop_text.stopped else stop_text.flush()
+                if tail:
+                    on_text(row, tail)
+        completions = [
             Completion(
                 prompt=prompt,
                 response=self.tokenizer.decode(r.tokens, skip_special_tokens=True).strip(),
@@ -154,6 +168,7 @@ class TextGenerator:
             )
             for prompt, ids, r in zip(prompts, encoded, results)
         ]
+        return [cut_completion(c, stops) for c in completions] if stop_texts else completions
 
 
 def valid_text(text: str) -> str:
