@@ -77,7 +77,7 @@ def test_a_ray_run_writes_what_a_local_run_writes(fmt, sampling, source, ray_add
                                                   tiny_checkpoint, exports, tmp_path):
     prompt_file = jsonl_prompt_file if source == "jsonl" else prompt_file
     generation = ["--greedy"] if sampling.startswith("greedy") else ["--seed", "11", "--temperature", "1.3"]
-    if sampling.endswith("stop"):  # rendered on the driver, cut on the workers: still the local run's records
+    if sampling.endswith("stop"):  # rendered on the driver, stopped on the workers: still the local run's records
         generation += ["--template", "question", "--stop", "e"]
     local, on_ray = tmp_path / f"local.{fmt}", tmp_path / f"ray.{fmt}"
     _batch(prompt_file, tiny_checkpoint, local, "--format", fmt, *generation)

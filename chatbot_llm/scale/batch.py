@@ -27,7 +27,7 @@ def run_batch_on_ray(address: str, workers: int | None, threads: int, ref, expor
     """(records written, the summary line); progress(n) advances the job's bar by n prompts.
 
     render: --template, applied here (the workers get each prompt as typed and as rendered);
-    stops: --stop strings, cut in the worker as a local run cuts them.
+    stops: --stop strings, handed to generate() in the worker as a local run hands them.
     """
     from chatbot_llm.batchio import format_record, prompt_windows, write_record
 

@@ -61,7 +61,6 @@ class BatchWorker(_Worker):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from chatbot_llm.batchio import batch_record
         from chatbot_llm.errors import PromptTooLong
-        from chatbot_llm.runtime.stops import cut_completion
 
         out: dict[str, list] = {"unit": [], "payload": []}
         for unit, chunk in zip(batch["unit"], batch["chunk"]):
@@ -72,9 +71,8 @@ class BatchWorker(_Worker):
             records, error = [], None
             try:
                 completions = self.generator.generate([rendered for _, _, rendered in rows], self.config,
-                                                      stream_keys=numbers, max_batch=self.batch_size)
-                if self.stops:
-                    completions = [cut_completion(c, self.stops) for c in completions]
+                                                      stream_keys=numbers, max_batch=self.batch_size,
+                                                      stops=self.stops)
                 records = [batch_record(self.generator, self.params, number, prompt, completion)
                            for (number, prompt, _), completion in zip(rows, completions)]
             except PromptTooLong as exc:  # the driver stops at it, as a local run does
