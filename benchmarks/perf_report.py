@@ -82,7 +82,7 @@ def section(report: dict, quality: dict[str, dict]) -> str:
     lines = [
         START, "",
         f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gb']} GB), "
-        f"onnxruntime {m['versions'].get('onnxruntime')}, torch {m['versions'].get('torch')}"
+        f"{m['versions'].get('onnxruntime')}, torch {m['versions'].get('torch')}"
         + (f", ctranslate2 {m['versions']['ctranslate2']}" if "ctranslate2" in m["versions"] else "") + ", with",
         "", f"    {report['command']}", "",
         f"on {report['model']}. Each backend ran in its own process, one after the other; every figure is",
@@ -123,7 +123,10 @@ def section(report: dict, quality: dict[str, dict]) -> str:
               "| target | measured | met |", "| --- | --- | --- |"]
     lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets(report, quality)]
     lines += ["| batch invariance: greedy and seeded output identical at every batch size, every variant "
-              "| tests/test_generation.py, tests/test_graph.py (bit-identical logits per row) | yes |"]
+              "| tests/test_generation.py, tests/test_graph.py (bit-identical logits per row) | yes |", "",
+              "Machine kinds: this run is the only one of the decoder graph so far. It has not been measured on "
+              "the AMD EPYC machines, where the earlier graph was (2026-11-25, in git history), nor on a GPU: "
+              "the GPU targets are pending."]
     return "\n".join(lines + ["", END])
 
 

@@ -149,3 +149,24 @@ def test_presets_are_usable_by_name_on_every_command(tiny_checkpoint, exports, t
     assert json.loads(result.stdout)["params"]["temperature"] == 1.7
     missing = run_cli("batch", str(prompt_file), "--model", str(tiny_checkpoint), "--config", "nosuchpreset")
     assert missing.returncode == 2 and "presets: " in error_lines(missing)[0] and "seed" in error_lines(missing)[0]
+
+
+def test_stop_ends_every_output_before_the_stop_string(tiny_checkpoint, prompts, swept, tmp_path):
+    """--stop on sweep as on chat and batch: each output is cut before the string and ends there."""
+    plain = rows_of(swept)
+    response = next(r["response"] for r in plain if len(r["response"].split(" ")) > 2)
+    stop = response.split(" ")[1]  # a word one of the outputs has
+    out = tmp_path / "stopped"
+    result = run_cli("sweep", "--models", str(tiny_checkpoint), "--prompts", str(prompts), "--grid", GRID,
+                     "--samples", "2", "--max-new-tokens", "6", "--out", str(out), "--stop", stop)
+    assert result.returncode == 0, result.stderr
+    stopped = rows_of(out)
+    assert len(stopped) == len(plain) and all(stop not in r["response"] for r in stopped)
+    by_place = {(r["params"]["temperature"], r["params"]["top_k"], r["prompt_line"], r["sample"]): r for r in plain}
+    cut = [r for r in stopped if r["finish_reason"] == "stop"]
+    assert cut  # the output that had the word, at least
+    for row in cut:
+        before = by_place[(row["params"]["temperature"], row["params"]["top_k"], row["prompt_line"], row["sample"])]
+        assert before["response"].startswith(row["response"]) and stop in before["response"]
+        assert row["tokens"] <= before["tokens"]  # it ended where the stop string appeared
+    assert json.loads((out / "sweep.json").read_text())["stops"] == [stop]

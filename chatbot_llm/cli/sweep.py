@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbot_llm.cli.app import cli, device_option, err
+from chatbot_llm.cli.dialogue import stop_option, unescape_stops
 from chatbot_llm.cli.scale import ray_options
 from chatbot_llm.config import load_toml
 from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
@@ -33,13 +34,15 @@ from chatbot_llm.sweep.metrics import METRICS
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Folder for results.jsonl, summary.csv and report.html; a rerun skips finished cells.")
 @click.option("--rank-by", type=click.Choice(list(METRICS)), help="Order the summary best first by this metric.")
+@stop_option
 @click.option("--variant", type=click.Choice(VARIANTS), help=f"Default: {DEFAULT_VARIANT} on the CPU, fp16 on CUDA.")
 @device_option
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True)
 @ray_options
 def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: int, max_new_tokens: int | None,
           config_file: Path | None, out: Path, rank_by: str | None, variant: str | None, device: str,
-          batch_size: int, ray_address: str | None, workers: int | None, threads: int | None) -> None:
+          stops: tuple[str, ...], batch_size: int, ray_address: str | None, workers: int | None,
+          threads: int | None) -> None:
     """Every combination of a grid of generation parameters, on every model and prompt, side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -53,7 +56,7 @@ def sweep(models: str, prompts_file: Path, grid_text: str, samples: int, seed: i
     names = [m.strip() for m in models.split(",") if m.strip()]
     overrides = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     plan = plan_sweep(names, prompts_file, grid_text, samples, seed, overrides,
-                      load_toml(config_file) if config_file else {}, out)
+                      load_toml(config_file) if config_file else {}, out, tuple(unescape_stops(stops)))
     write_manifest(plan, rank_by, variant, device)
     with Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
                   TimeRemainingColumn(), console=err) as bar:

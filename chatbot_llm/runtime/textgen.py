@@ -131,19 +131,8 @@ class TextGenerator:
             except PromptTooLong as exc:
                 exc.row = row
                 raise
-        on_token = None
-        stop_texts = [StopText(stops) for _ in prompts] if any(stops) else None
-        if on_text is not None or stop_texts:
-            decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
-
-            def on_token(row: int, token: int) -> bool:
-                delta = decoders[row].add(token)
-                if stop_texts:
-                    delta = stop_texts[row].add(delta)  # what is safe to show: no part of a stop string
-                if delta and on_text is not None:
-                    on_text(row, delta)
-                return bool(stop_texts) and stop_texts[row].stopped  # True ends the row
-
+        texts = RowTexts(self.tokenizer, len(prompts), stops, on_text) if on_text is not None or any(stops) else None
+        on_token = None if texts is None else texts.on_token
         keys = list(stream_keys) if stream_keys is not None else list(range(len(prompts)))
         results: list[RowResult | None] = [None] * len(prompts)
         for rows in self.batches(encoded, config, max_batch or len(prompts)):
@@ -152,11 +141,8 @@ class TextGenerator:
                                      on_token=callback)
             for row, result in zip(rows, done):
                 results[row] = result
-        if stop_texts and on_text is not None:  # the held-back tails of rows that met no stop string
-            for row, stop_text in enumerate(stop_texts):
-                tail = "" if stop_text.stopped else stop_text.flush()
-                if tail:
-                    on_text(row, tail)
+        if texts is not None:
+            texts.flush()
         completions = [
             Completion(
                 prompt=prompt,
@@ -168,7 +154,36 @@ class TextGenerator:
             )
             for prompt, ids, r in zip(prompts, encoded, results)
         ]
-        return [cut_completion(c, stops) for c in completions] if stop_texts else completions
+        return [cut_completion(c, stops) for c in completions] if any(stops) else completions
+
+
+class RowTexts:
+    """Each row's text as its tokens arrive: decoded as a stream, and held back where it could be the
+    start of a stop string. on_token() is a generate_ids token callback: True when the row met a stop
+    string (generate_ids then ends the row)."""
+
+    def __init__(self, tokenizer: Tokenizer, rows: int, stops: Sequence[str] = (),
+                 on_text: TextCallback | None = None):
+        self.decoders = [StreamDecoder(tokenizer) for _ in range(rows)]
+        self.stops = [StopText(stops) for _ in range(rows)] if any(stops) else None
+        self.on_text = on_text
+
+    def on_token(self, row: int, token: int) -> bool:
+        delta = self.decoders[row].add(token)
+        if self.stops:
+            delta = self.stops[row].add(delta)  # what is safe to show: no part of a stop string
+        if delta and self.on_text is not None:
+            self.on_text(row, delta)
+        return self.stops is not None and self.stops[row].stopped
+
+    def flush(self) -> None:
+        """Hand out the held-back tails of the rows that met no stop string."""
+        if self.stops is None or self.on_text is None:
+            return
+        for row, stop_text in enumerate(self.stops):
+            tail = "" if stop_text.stopped else stop_text.flush()
+            if tail:
+                self.on_text(row, tail)
 
 
 def valid_text(text: str) -> str:

@@ -31,6 +31,7 @@ def write_manifest(plan: Plan, rank_by: str | None, variant: str | None, device:
         "prompts": [list(p) for p in plan.prompts],
         "samples": plan.samples,
         "seed": plan.seed,
+        "stops": list(plan.stops),
         "rank_by": rank_by,
         "variant": variant,
         "device": device,
@@ -58,7 +59,7 @@ def load_sweep(folder: Path) -> tuple[Plan, dict[str, Any]]:
         cells = [Cell(c["model"], c["params"], GenerationConfig(**c["config"]), c["key"]) for c in data["cells"]]
         plan = Plan(data["models"], data["grid"], [(int(n), str(p)) for n, p in data["prompts"]],
                     int(data["samples"]), cells, folder, data.get("seed"), data.get("prompts_file", ""),
-                    int(data.get("streams", 1)))
+                    int(data.get("streams", 1)), tuple(data.get("stops", ())))
     except (ValueError, KeyError, TypeError, UsageError) as exc:
         raise UsageError(f"{path} is damaged ({type(exc).__name__}: {exc}); rerun the sweep to rewrite it") from None
     if data.get("rank_by") is not None and data["rank_by"] not in METRICS:

@@ -21,6 +21,8 @@ import numpy as np
 
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.errors import UsageError
+from chatbot_llm.runtime.stops import cut_text
+from chatbot_llm.runtime.textgen import RowTexts
 from chatbot_llm.sweep.grid import check_combinations, combinations, parse_grid
 from chatbot_llm.sweep.metrics import METRICS, output_metrics
 
@@ -49,20 +51,24 @@ class Plan:
     seed: int | None = None
     prompts_file: str = ""
     streams: int = STREAMS
+    stops: tuple[str, ...] = ()  # --stop: each output ends before the first of these
 
     @property
     def rows_per_cell(self) -> int:
         return len(self.prompts) * self.samples
 
 
-def cell_key(model: str, config: GenerationConfig, prompts: list[tuple[int, str]], samples: int) -> str:
+def cell_key(model: str, config: GenerationConfig, prompts: list[tuple[int, str]], samples: int,
+             stops: tuple[str, ...] = ()) -> str:
     """Everything that decides a cell's outputs, hashed: a rerun finds the same key for the same work."""
-    blob = json.dumps([model, config.to_dict(), prompts, samples, {"streams": STREAMS}], sort_keys=True)
+    extra = {"streams": STREAMS, **({"stops": list(stops)} if stops else {})}  # keys without stops unchanged
+    blob = json.dumps([model, config.to_dict(), prompts, samples, extra], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def plan_sweep(models: list[str], prompts_file: Path, grid_text: str, samples: int, seed: int | None,
-               overrides: dict[str, Any], config_layer: dict[str, Any], out: Path) -> Plan:
+               overrides: dict[str, Any], config_layer: dict[str, Any], out: Path,
+               stops: tuple[str, ...] = ()) -> Plan:
     """Check everything a user can get wrong, before any model is loaded."""
     from chatbot_llm.batchio import check_prompt_file, read_prompts
     from chatbot_llm.models import model_defaults, resolve_model
@@ -82,8 +88,8 @@ def plan_sweep(models: list[str], prompts_file: Path, grid_text: str, samples: i
         check_combinations(base, combos)
         for combo in combos:
             config = base.replace(**combo)
-            cells.append(Cell(model, combo, config, cell_key(model, config, prompts, samples)))
-    return Plan(models, grid, prompts, samples, cells, out, seed, str(prompts_file))
+            cells.append(Cell(model, combo, config, cell_key(model, config, prompts, samples, stops)))
+    return Plan(models, grid, prompts, samples, cells, out, seed, str(prompts_file), stops=tuple(stops))
 
 
 def read_results(path: Path, repair: bool = True) -> list[dict]:
@@ -125,9 +131,12 @@ def run_cell(generator, cell: Cell, plan: Plan, batch_size: int) -> list[dict]:
     encoded = {line: generator.encode(prompt, cell.config) for line, prompt in plan.prompts}
     ids = [encoded[line] for line, _, _ in rows]
     results = [None] * len(rows)
+    texts = RowTexts(generator.tokenizer, len(rows), plan.stops) if plan.stops else None  # ends rows at a stop
     for group in generator.batches(ids, cell.config, batch_size):  # see TextGenerator.generate
+        on_token = None if texts is None else (lambda row, token, group=group: texts.on_token(group[row], token))
         done = generator.generate_ids([ids[i] for i in group], cell.config,
-                                      stream_keys=[stream_key(rows[i][0], rows[i][2]) for i in group])
+                                      stream_keys=[stream_key(rows[i][0], rows[i][2]) for i in group],
+                                      on_token=on_token)
         for i, result in zip(group, done):
             results[i] = result
     out = []
@@ -135,10 +144,12 @@ def run_cell(generator, cell: Cell, plan: Plan, batch_size: int) -> list[dict]:
         generated = result.tokens + ([generator.eos_token_id] if result.finish_reason == "eos" else [])
         ids = encoded[line] + generated
         logprobs = generator.model.token_logprobs(ids, len(encoded[line])) if generated else np.zeros(0)
+        response = generator.tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
+        response, stopped = cut_text(response, plan.stops) if plan.stops else (response, False)
         out.append({
             "model": cell.model, "cell": cell.key, "params": cell.params, "prompt_line": line, "prompt": prompt,
-            "sample": sample, "response": generator.tokenizer.decode(result.tokens, skip_special_tokens=True).strip(),
-            "finish_reason": result.finish_reason,
+            "sample": sample, "response": response.rstrip() if stopped else response,
+            "finish_reason": "stop" if stopped else result.finish_reason,
             **output_metrics(result.tokens, logprobs.tolist(), result.seconds),
         })
     return out
