@@ -238,9 +238,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def load_generation_config_json(path: str | Path) -> dict[str, Any]:
-    """The generation parameters a checkpoint's generation_config.json sets (other keys ignored)."""
-    path = Path(path)
+def read_generation_config_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's generation_config.json as a dict, all keys ({} when there is none)."""
     if not path.is_file():
         return {}
     try:
@@ -249,6 +248,13 @@ def load_generation_config_json(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} is not a JSON object; fix or delete it")
+    return data
+
+
+def load_generation_config_json(path: str | Path) -> dict[str, Any]:
+    """The generation parameters a checkpoint's generation_config.json sets (other keys ignored)."""
+    path = Path(path)
+    data = read_generation_config_json(path)
     return {
         name: coerce_value(name, data[name], str(path))
         for name in PARAMETERS

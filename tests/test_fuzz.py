@@ -62,3 +62,17 @@ def test_chat_survives_bytes_that_are_not_utf8_on_its_terminal(tiny_checkpoint, 
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert b"internal error" not in result.stderr
+
+
+def test_a_character_left_unfinished_by_the_last_token_streams_as_the_response_has_it(generator):
+    """The row's last token can end inside a multi-byte character: the stream holds it back while more
+    may come, and hands it out at the end (as U+FFFD, like the whole response), so the two agree."""
+    from chatbot_llm.runtime.tokenizer import StreamDecoder
+
+    tokenizer = generator.tokenizer
+    ids = tokenizer.encode("dream 🌙").ids
+    head = next(i for i in range(1, len(ids) + 1) if tokenizer.decode(ids[:i]).endswith("\ufffd"))
+    decoder = StreamDecoder(tokenizer)
+    streamed = "".join(decoder.add(t) for t in ids[:head])
+    assert not streamed.endswith("\ufffd")  # held back while the character may still complete
+    assert streamed + decoder.flush() == tokenizer.decode(ids[:head]).lstrip()

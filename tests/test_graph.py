@@ -132,3 +132,31 @@ def test_untied_checkpoint_keeps_its_own_embedding_in_int8(tmp_path):
     ids = [5, 50256, 1234]
     step = weights["wte.scale"][ids][:, None]
     assert np.all(np.abs(_embedding_rows(folder, ids) - wte[ids]) <= step * 0.501 + 1e-7)
+
+
+def test_erf_gelu_checkpoints_get_the_decoder_graph_and_match_pytorch(tmp_path):
+    """activation_function "gelu" (erf) instead of GPT-2's tanh approximation: held to opt's 1e-4
+    parity bound by the export itself (it fails past it)."""
+    import json
+
+    from chatbot_llm.models import ensure_export, resolve_model
+
+    checkpoint = make_checkpoint(tmp_path / "gelu", activation_function="gelu")
+    folder = ensure_export(resolve_model(str(checkpoint)), "opt", on_stage=lambda s: None)
+    parity = json.loads((folder / "manifest.json").read_text())["parity"]
+    assert parity["max_abs_logits_delta"] <= 1e-4 * max(1, parity["max_abs_logits"])
+    assert parity["greedy_token_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(activation_function="relu"), "activation 'relu' has no decoder-graph kernel; export --variant fp32"),
+    (dict(scale_attn_by_inverse_layer_idx=True), "non-standard attention scaling .* export --variant fp32"),
+])
+def test_gpt2_options_without_a_decoder_graph_kernel_point_to_fp32(tmp_path, options, message):
+    """transformers itself applies scale_attn_by_inverse_layer_idx in eager attention but not in sdpa."""
+    from chatbot_llm.errors import UsageError
+    from chatbot_llm.models import ensure_export, resolve_model
+
+    checkpoint = make_checkpoint(tmp_path / "odd", **options)
+    with pytest.raises(UsageError, match=message):
+        ensure_export(resolve_model(str(checkpoint)), "opt", on_stage=lambda s: None)

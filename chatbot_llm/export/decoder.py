@@ -46,6 +46,11 @@ class DecoderGraph:
         activation = config.get("activation_function", "gelu_new")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} has no decoder-graph kernel; export --variant fp32")
+        if config.get("scale_attn_by_inverse_layer_idx") or not config.get("scale_attn_weights", True):
+            # transformers 4.57 applies these in its eager attention only, not in sdpa (its default):
+            # which scaling the checkpoint means is not clear, so the reference graph it is
+            raise ValueError("non-standard attention scaling (scale_attn_by_inverse_layer_idx or "
+                             "scale_attn_weights false) has no decoder-graph kernel; export --variant fp32")
         self.config, self.weights, self.dtype = config, weights, np.dtype(dtype)
         self.activation = ACTIVATIONS[activation]
         self.lm_head_as_matmul = lm_head_as_matmul  # a constant MatMul weight, for weight quantization
@@ -86,11 +91,7 @@ class DecoderGraph:
                   "total_sequence_length"]
         inputs += [""] * (GQA_QUERY_SEQLENS - len(inputs)) + ["query_seqlens"]
         attrs = {"num_heads": self.heads, "kv_num_heads": self.heads}
-        head_dim = self.width // self.heads
-        scale = 1.0 / np.sqrt(head_dim) if self.config.get("scale_attn_weights", True) else 1.0
-        if self.config.get("scale_attn_by_inverse_layer_idx", False):
-            scale /= i + 1
-        attrs["scale"] = float(scale)
+        attrs["scale"] = float(1.0 / np.sqrt(self.width // self.heads))
         out = self.node("GroupQueryAttention", inputs,
                         [f"h.{i}.attn_out", f"present.{i}.key", f"present.{i}.value"], f"h.{i}.attn", MS, **attrs)[0]
         # the output projection's bias is added by the SkipLayerNorm that follows

@@ -177,11 +177,15 @@ class RowTexts:
         return self.stops is not None and self.stops[row].stopped
 
     def flush(self) -> None:
-        """Hand out the held-back tails of the rows that met no stop string."""
-        if self.stops is None or self.on_text is None:
+        """At the end: hand out what each row still holds back (an unfinished character, the start of
+        a stop string that never came), unless the row met a stop string."""
+        if self.on_text is None:
             return
-        for row, stop_text in enumerate(self.stops):
-            tail = "" if stop_text.stopped else stop_text.flush()
+        for row, decoder in enumerate(self.decoders):
+            tail = decoder.flush()
+            if self.stops is not None:
+                stop_text = self.stops[row]
+                tail = "" if stop_text.stopped else stop_text.add(tail) + stop_text.flush()
             if tail:
                 self.on_text(row, tail)
 

@@ -56,8 +56,16 @@ class StreamDecoder:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
+        return self._delta(final=False)
+
+    def flush(self) -> str:
+        """At the end of the row: what is still held back (a character its last token left unfinished
+        decodes to U+FFFD, as it does in the whole response)."""
+        return self._delta(final=True)
+
+    def _delta(self, final: bool) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd"):
+        if text.endswith("\ufffd") and not final:
             return ""
         delta, self.emitted = text[self.emitted :], len(text)
         return delta

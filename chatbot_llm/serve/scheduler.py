@@ -203,7 +203,8 @@ class Scheduler:
                 finish = None
             if finish is not None:
                 live.done = True
-                if finish != "stop" or not live.stop_text.stopped:
+                if not live.stop_text.stopped:  # an unfinished character, a stop string's start
+                    text += live.stop_text.add(live.decoder.flush())
                     text += live.stop_text.flush()
             if text or finish:
                 live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, seconds))

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from chatbot_llm.config import PARAMETERS, GenerationConfig
+from chatbot_llm.config import PARAMETERS, GenerationConfig, read_generation_config_json
 from chatbot_llm.errors import UsageError
 
 SETTING = [name for name in PARAMETERS if name != "seed"]
@@ -119,14 +119,7 @@ def apply_to_checkpoint(model: str, config: GenerationConfig) -> Path:
     if ref.checkpoint is None:
         raise UsageError(f"{model} is an export folder; --apply needs its checkpoint folder")
     path = ref.checkpoint / "generation_config.json"
-    data: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{path} is not a JSON object; fix or delete it")
+    data = read_generation_config_json(path)
     for name in SETTING:
         data.pop(name, None)  # an unset length must not stay behind from before
     data.update(setting(config))
