@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from chatbot_llm.bench.run import machine
+from chatbot_llm.scale.cluster import keep_ray_on_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
 
+    keep_ray_on_loopback()  # the cluster listens on 127.0.0.1 only (before ray is imported)
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="ray_bench_"))

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir
+from chatbot_llm.scale.cluster import keep_ray_on_loopback
+
+keep_ray_on_loopback()  # before any test imports ray: the test cluster listens on 127.0.0.1 only
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,9 @@ PROMPTS = [f"prompt {i} about {'dreams' if i % 2 else 'emails'}" + " and more" *
 def ray_address(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster on 127.0.0.1; the subprocesses join without a token
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:"), address  # nothing listens beyond the loopback address
+    yield address
     ray.shutdown()
     os.environ.pop("RAY_AUTH_MODE", None)
 

@@ -16,6 +16,13 @@ CONNECT_TIMEOUT_S = 5.0
 FORWARDED_ENV = ("CHATBOT_LLM_RAY_FAULT",)
 
 
+def keep_ray_on_loopback() -> None:
+    """A Ray instance started on this machine for one run (or a test) listens on 127.0.0.1 only, not on
+    the machine's network address, which Ray picks by default. Must run before ray is imported: Ray
+    reads it then (the switch is named for Windows and macOS, where loopback is Ray's default)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def import_ray():
     try:
         import ray
@@ -79,6 +86,8 @@ def _stderr_silenced() -> Iterator[None]:
 @contextlib.contextmanager
 def ray_cluster(address: str, on_stage: Callable[[str], None] = lambda m: None) -> Iterator[object]:
     """ray, connected to the cluster at address (or a local instance for LOCAL), shut down after."""
+    if address == LOCAL:
+        keep_ray_on_loopback()
     ray = import_ray()
     _quiet()
     check_reachable(address)
