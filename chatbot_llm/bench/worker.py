@@ -149,16 +149,14 @@ def cli_path(spec: dict, prompts: list[list[int]]) -> dict:
     the model's own generation defaults and processors, decode), one prompt at a time: the user's path."""
     from chatbot_llm.cli.app import resolve_generation_config
     from chatbot_llm.models import load_text_generator, model_defaults, resolve_model
-    from chatbot_llm.runtime.tokenizer import bundled_tokenizer_dir, load_tokenizer
 
     backend = spec["backend"]
     ref = resolve_model(spec["checkpoint"] if backend == "torch" else spec["folder"])
     generator = load_text_generator(ref, "torch" if backend == "torch" else "onnx",
                                     None if backend == "torch" else backend.split("-", 1)[1],
-                                    device=spec.get("device", "cpu"))
+                                    device=spec.get("device", "cpu"), threads=spec.get("threads"))
     config = resolve_generation_config(model_defaults(ref), {"max_new_tokens": spec["new_tokens"], "seed": 0})
-    tokenizer = load_tokenizer(bundled_tokenizer_dir())
-    texts = [tokenizer.decode(p) for p in prompts[:8]]
+    texts = [generator.tokenizer.decode(p) for p in prompts[:8]]
     generator.generate(texts[:1], config)  # warm-up
     started, tokens = time.perf_counter(), 0
     for text in texts:

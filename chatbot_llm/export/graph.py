@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-MS_DOMAIN = "com.microsoft"
+from chatbot_llm.export.decoder import MS as MS_DOMAIN
+
 
 
 def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:

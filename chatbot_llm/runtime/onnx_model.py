@@ -1,7 +1,7 @@
 """An exported GPT-2 as an onnxruntime InferenceSession.
 
 Two graph layouts, told apart by their inputs:
-- the decoder graph (opt, int8, fp16; export/decoder.py): ``seqlens_k``, ``query_seqlens`` and a
+- the decoder graph (opt, int8, int4, fp16; export/decoder.py): ``seqlens_k``, ``query_seqlens`` and a
   fixed KV buffer per layer, generated through runtime.kv.KVBufferBatch;
 - Optimum's ``text-generation-with-past`` export (fp32, the reference): ``attention_mask``,
   ``position_ids`` and past tensors of shape (batch, heads, past_length, head_dim) that grow by
@@ -94,7 +94,8 @@ class OnnxCausalLM:
             # int8 none): onnxruntime would run those nodes on the CPU, across the device's KV buffer
             raise UsageError(f"{model_path} is a CPU variant of the decoder graph; on --device cuda run "
                              "--variant fp16 (the default there) or fp32")
-        # opt and int8 exports compute logits for the last position only when asked (export/graph.py)
+        # recipe-2 opt/int8 exports (Optimum's graph rewritten) have a logits_to_keep input; a bare
+        # export folder of that kind still works, with logits for the last position only
         self.last_only = {"logits_to_keep": np.ones(1, np.int64)} if "logits_to_keep" in inputs else {}
         self.output_names = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
 

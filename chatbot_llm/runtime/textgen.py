@@ -73,9 +73,10 @@ class TextGenerator:
     def batches(self, encoded: Sequence[Sequence[int]], config: GenerationConfig, size: int) -> list[list[int]]:
         """Row indexes to generate together, at most `size` each: in order, or by equal length where a
         seed must give the same draws in any batch on a left-padding graph (see generate())."""
+        by_length = self.groups_by_length(config)
         groups: dict[int, list[int]] = {}
         for row, ids in enumerate(encoded):
-            groups.setdefault(len(ids) if self.groups_by_length(config) else 0, []).append(row)
+            groups.setdefault(len(ids) if by_length else 0, []).append(row)
         return [rows[i : i + size] for rows in groups.values() for i in range(0, len(rows), size)]
 
     def encode(self, prompt: str, config: GenerationConfig) -> list[int]:
