@@ -1,13 +1,15 @@
 """The README's performance section: run the benchmark, record it, and write the tables.
 
-    python benchmarks/perf_report.py            # bench now (about 10 minutes), then rewrite README
-    python benchmarks/perf_report.py --no-run   # redraw the plot and rewrite README from the recorded results
+    python benchmarks/perf_report.py            # bench this machine now (about 10 minutes), then rewrite README
+    python benchmarks/perf_report.py --no-run   # redraw the plots and rewrite README from the recorded results
 
 The bench is `chatbot-llm bench` with the issue's settings on the random GPT-2-124M shape: every
 backend in its own process, one after the other on the same machine, batch sizes 1, 8 and 32,
 20-token prompts, 64 greedy new tokens, median of 5 after a warm-up. CTranslate2 joins when the
 `ctranslate2` package is installed (it is a comparator, not a dependency). The results go to
-benchmarks/results/bench_gpt2-124m.json and .png; int8 quality comes from the files
+benchmarks/results/bench_gpt2-124m_KIND.json and .png, one pair per machine kind (amd-epyc,
+intel-xeon: ratios measured on one do not carry to the other), beside gemv_bandwidth_KIND.json from
+benchmarks/gemv_bandwidth.py when it was run; int8 quality comes from the files
 benchmarks/int8_quality.py wrote for the shipped models. The section of README.md between the
 perf markers is replaced; nothing else in it is touched.
 """
@@ -20,11 +22,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BENCH_JSON, BENCH_PNG = RESULTS / "bench_gpt2-124m.json", RESULTS / "bench_gpt2-124m.png"
 QUALITY = {"dream_gpt2": RESULTS / "int8_quality_dream.json", "email_gpt2": RESULTS / "int8_quality_email.json"}
 START, END = "<!-- perf:start (benchmarks/perf_report.py writes this section) -->", "<!-- perf:end -->"
 COMMAND = ("chatbot-llm bench --shape gpt2-124m --backends {backends} --batch-sizes 1,8,32 --prompt-tokens 20 "
            "--new-tokens 64 --repeats 5 --cli-path")
+
+
+def machine_kind(cpu: str) -> str:
+    """The kind of machine a CPU name belongs to: one recorded run per kind (ratios differ by kind)."""
+    if "AMD" in cpu or "EPYC" in cpu:
+        return "amd-epyc"
+    if "Intel" in cpu or "Xeon" in cpu:
+        return "intel-xeon"
+    return "".join(c if c.isalnum() else "-" for c in cpu.lower()).strip("-") or "unknown"
+
+
+def bench_files(kind: str) -> tuple[Path, Path, Path]:
+    """The bench JSON, its plot, and the GEMV bandwidth JSON (benchmarks/gemv_bandwidth.py) of a kind."""
+    return (RESULTS / f"bench_gpt2-124m_{kind}.json", RESULTS / f"bench_gpt2-124m_{kind}.png",
+            RESULTS / f"gemv_bandwidth_{kind}.json")
 
 
 def run(backends: list[str]) -> dict:
@@ -39,8 +55,9 @@ def run(backends: list[str]) -> dict:
     report["command"] = COMMAND.format(backends=",".join(backends))
     report["model"] = "checkpoints/gpt2-124m (random weights, GPT-2 small shape, seed 0)"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    BENCH_JSON.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, BENCH_PNG)
+    json_path, png_path, _ = bench_files(machine_kind(report["machine"]["cpu"]))
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, png_path)
     return report
 
 
@@ -77,21 +94,14 @@ def targets(report: dict, quality: dict[str, dict]) -> list[tuple[str, str, bool
     return rows
 
 
-def section(report: dict, quality: dict[str, dict]) -> str:
+def machine_table(kind: str, report: dict, gemv: dict | None) -> list[str]:
     r, m = report["results"], report["machine"]
     lines = [
-        START, "",
-        f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gb']} GB), "
+        f"### {m['cpu']} ({kind})", "",
+        f"Measured {report['date']} ({m['cores']} cores, {m['memory_gb']} GB), "
         f"{m['versions'].get('onnxruntime')}, torch {m['versions'].get('torch')}"
         + (f", ctranslate2 {m['versions']['ctranslate2']}" if "ctranslate2" in m["versions"] else "") + ", with",
         "", f"    {report['command']}", "",
-        f"on {report['model']}. Each backend ran in its own process, one after the other; every figure is",
-        "a median of 5 after a warm-up. ms/token is a decode step (batch 1) after the first token; tok/s is",
-        "generated tokens per second of wall time at that batch size, prefill included; batch path is",
-        "ms/token through the code `batch --batch-size 1` runs, with the model's own sampling defaults",
-        "(tokenizer, processors, sampler and decoding included). Every backend ran with the same thread",
-        "count. Written by `python benchmarks/perf_report.py`; the JSON and the plot are in",
-        "`benchmarks/results/`.", "",
         "| backend | ms/token (p95) | vs torch | first token ms | tok/s b1 | tok/s b8 | tok/s b32 "
         "| b32 vs torch loop | peak RSS MB b1 (vs torch) | disk MB | greedy = torch, b32 | batch path ms/token |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -107,7 +117,37 @@ def section(report: dict, quality: dict[str, dict]) -> str:
             f"| {x['throughput']['32']:,.0f} | {x.get('throughput_vs_torch_loop', {}).get('32', 0):.1f}x "
             f"| {x['peak_rss_mb']:,.0f} ({x.get('rss_vs_torch', 1):.0%}) | {x['disk_mb']:,.0f} | {agree} | {path} |"
         )
-    lines += ["", f"![latency and throughput](benchmarks/results/{BENCH_PNG.name})", ""]
+    lines += ["", f"![latency and throughput on {kind}](benchmarks/results/{bench_files(kind)[1].name})", ""]
+    if gemv and "onnx-opt" in r:
+        ort_gemv = gemv["results"]["onnxruntime MatMul"]
+        opt_ms = r["onnx-opt"]["decode_ms_median"]
+        floor = ort_gemv["ms_median"] * 498 / gemv["weight_mb"]  # GPT-2-124M's decode step reads ~498 MB
+        lines += [f"The float32 ceiling on this machine (`python benchmarks/gemv_bandwidth.py --mb "
+                  f"{gemv['weight_mb']:.0f}`, {gemv['date']}): onnxruntime streams a {gemv['weight_mb']:.0f} MB "
+                  f"float32 weight through one batch-1 MatMul in {ort_gemv['ms_median']:.2f} ms "
+                  f"({ort_gemv['gb_per_s']} GB/s), so reading GPT-2-124M's 498 MB of float32 weights once takes "
+                  f"at least {floor:.1f} ms. onnx-opt's {opt_ms:.2f} ms/token is {floor / opt_ms:.0%} of that "
+                  f"ceiling, and no float32 graph decodes faster than {r['torch']['decode_ms_median'] / floor:.2f}x "
+                  "PyTorch here.", ""]
+    elif "onnx-opt" in r:
+        lines += ["The float32 ceiling (`benchmarks/gemv_bandwidth.py`) was not measured on this machine kind.", ""]
+    return lines
+
+
+def section(reports: list[tuple[str, dict, dict | None]], quality: dict[str, dict]) -> str:
+    lines = [
+        START, "",
+        "Every figure below comes from one `bench` run per machine kind: each backend in its own process, one",
+        "after the other on the same machine, on checkpoints/gpt2-124m (random weights, GPT-2 small shape,",
+        "seed 0); every figure is a median of 5 after a warm-up. ms/token is a decode step (batch 1) after the",
+        "first token; tok/s is generated tokens per second of wall time at that batch size, prefill included;",
+        "batch path is ms/token through the code `batch --batch-size 1` runs, with the model's own sampling",
+        "defaults (tokenizer, processors, sampler and decoding included). Every backend ran with the same",
+        "thread count. Ratios measured on one machine kind do not carry to the other. Written by",
+        "`python benchmarks/perf_report.py`; the JSON and the plots are in `benchmarks/results/`.", "",
+    ]
+    for kind, report, gemv in reports:
+        lines += machine_table(kind, report, gemv)
     if quality:
         lines += ["Quality of the quantized variants on the shipped models (`python benchmarks/int8_quality.py "
                   "models/NAME --json ...`): held-out perplexity scored by each ONNX variant, and greedy agreement "
@@ -119,27 +159,50 @@ def section(report: dict, quality: dict[str, dict]) -> str:
                 lines.append(f"| {name} | {variant} | {v['heldout_perplexity']:.3f} | {v['perplexity_vs_fp32']:+.2%} "
                              f"| {v['greedy_rows_identical']}/{q['prompts']} | {v['greedy_mean_prefix_share']:.0%} |")
         lines.append("")
-    lines += [f"The CPU targets of issue 12, from the figures above ({m['cpu']}):", "",
-              "| target | measured | met |", "| --- | --- | --- |"]
-    lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets(report, quality)]
-    lines += ["| batch invariance: greedy and seeded output identical at every batch size, every variant "
-              "| tests/test_generation.py, tests/test_graph.py (bit-identical logits per row) | yes |", "",
-              "Machine kinds: this run is the only one of the decoder graph so far. It has not been measured on "
-              "the AMD EPYC machines, where the earlier graph was (2026-11-25, in git history), nor on a GPU: "
-              "the GPU targets are pending."]
+    kinds = [kind for kind, _, _ in reports]
+    by_kind = {kind: {t: (v, ok) for t, v, ok in targets(report, quality)} for kind, report, _ in reports}
+    names = list(dict.fromkeys(t for kind in kinds for t in by_kind[kind]))
+    lines += ["The CPU targets of issue 12, per machine kind:", "",
+              "| target | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
+    for name in names:
+        cells = []
+        for kind in kinds:
+            if name not in by_kind[kind]:
+                cells.append("not measured")
+            else:
+                value, ok = by_kind[kind][name]
+                cells.append(f"{value}: {'met' if ok else '**not met**'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["| batch invariance: greedy and seeded output identical at every batch size, every variant | "
+              + " | ".join(["tests/test_generation.py, tests/test_graph.py (bit-identical logits per row): met"]
+                           * len(kinds)) + " |"]
+    lines += ["", "No GPU figure of the current code is recorded yet: the CUDA path is tested on the CPU provider "
+              "here (see `--device` under Commands), and its GPU targets are pending a session with a GPU."]
     return "\n".join(lines + ["", END])
+
+
+def recorded() -> list[tuple[str, dict, dict | None]]:
+    """Every machine kind's recorded run, newest first."""
+    reports = []
+    for path in RESULTS.glob("bench_gpt2-124m_*.json"):
+        kind = path.stem.removeprefix("bench_gpt2-124m_")
+        gemv_path = bench_files(kind)[2]
+        gemv = json.loads(gemv_path.read_text()) if gemv_path.is_file() else None
+        reports.append((kind, json.loads(path.read_text()), gemv))
+    return sorted(reports, key=lambda r: r[1]["date"], reverse=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-run", action="store_true", help="Rewrite the README from the recorded results.")
+    parser.add_argument("--no-run", action="store_true",
+                        help="Redraw the plots and rewrite README from the recorded results of every machine kind.")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
     if args.no_run:
         from chatbot_llm.bench.report import plot
 
-        report = json.loads(BENCH_JSON.read_text())
-        plot(report, BENCH_PNG)
+        for kind, report, _ in recorded():
+            plot(report, bench_files(kind)[1])
     else:
         backends = ["torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4"]
         try:
@@ -148,16 +211,20 @@ def main() -> None:
             backends += ["ct2-int8", "ct2-fp32"]
         except ImportError:
             print("ctranslate2 is not installed: the table leaves out the CTranslate2 comparator")
-        report = run(backends)
+        run(backends)
+    reports = recorded()
+    if not reports:
+        raise SystemExit(f"no recorded bench in {RESULTS}; run without --no-run first")
     quality = {name: json.loads(p.read_text()) for name, p in QUALITY.items() if p.is_file()}
     text = args.readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"{args.readme} has no perf markers; add {START!r} and {END!r} where the section goes")
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
-    args.readme.write_text(before + section(report, quality) + after, encoding="utf-8")
-    for target, measured, met in targets(report, quality):
-        print(f"{'met' if met else 'NOT MET':8s} {target}: {measured}")
+    args.readme.write_text(before + section(reports, quality) + after, encoding="utf-8")
+    for kind, report, _ in reports:
+        for target, measured, met in targets(report, quality):
+            print(f"{kind:12s} {'met' if met else 'NOT MET':8s} {target}: {measured}")
 
 
 if __name__ == "__main__":
