@@ -234,3 +234,14 @@ def test_providers_for_cuda_graphs_set_the_cuda_providers_option():
         ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"]
     assert device_module.providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert device_module.providers_for("cpu", cuda_graph=True) == ["CPUExecutionProvider"]
+
+
+def test_a_row_cancelled_before_its_prompt_ran_leaves_a_dead_slot_the_others_do_not_see(fp16):
+    prompts = [[464, 3290, 373], [40, 1101, 257, 1110, 13], [1212]]
+    generator = Generator(fp16, prompts, GREEDY, 50256, 64)
+    generator.cancel(1)  # the server's client went away before the first step
+    while not generator.is_done():
+        generator.generate_next_token()
+    assert generator.results[1].tokens == [] and generator.results[1].finish_reason == "cancelled"
+    for row in (0, 2):
+        assert generator.results[row].tokens == generate_ids(fp16, [prompts[row]], GREEDY, 50256, 64)[0].tokens
