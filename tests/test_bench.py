@@ -100,3 +100,21 @@ def test_greedy_agreement_counts_rows_and_the_shared_prefix():
     result = agreement([[1, 2, 3], [], [1, 2], [5, 6]], [[1, 2, 3], [], [1, 2, 9, 9], [7]])
     assert result["rows_identical"] == 2  # two empty rows (EOS first on both sides) are identical
     assert result["mean_prefix_share"] == (1 + 1 + 0.5 + 0) / 4
+
+
+def test_fp16_nograph_runs_the_fp16_export_with_cuda_graphs_off(tiny_checkpoint, tmp_path):
+    """onnx-fp16-nograph: the same export and buffers as onnx-fp16, its worker with CUDA graphs off
+    (on the CPU there are none: the two give the same tokens)."""
+    from chatbot_llm.bench.run import DEFAULT_BACKENDS, onnx_variant, parse_backends
+
+    assert parse_backends("onnx-fp16,onnx-fp16-nograph") == ["onnx-fp16", "onnx-fp16-nograph"]
+    assert onnx_variant("onnx-fp16-nograph") == onnx_variant("onnx-fp16") == "fp16"
+    assert onnx_variant("onnx-int8") == "int8" and "onnx-fp16-nograph" in DEFAULT_BACKENDS["cuda"]
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--model", str(tiny_checkpoint), "--backends", "onnx-fp16,onnx-fp16-nograph",
+                     "--new-tokens", "3", "--repeats", "1", "--batch-sizes", "1,3", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["onnx-fp16", "onnx-fp16-nograph"]
+    graph, nograph = report["results"]["onnx-fp16"], report["results"]["onnx-fp16-nograph"]
+    assert graph["disk_mb"] == nograph["disk_mb"] > 0 and nograph["decode_ms_median"] > 0

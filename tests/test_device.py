@@ -1,8 +1,8 @@
 """--device and the GPU path, as far as a machine without CUDA can test them.
 
-The CUDA provider itself is exercised on a GPU machine only (see issue 7's note); here: provider
-choice, the errors, the fp16 variant on the CPU provider, and the IO-binding decode loop (the one
-CUDA uses) run on the CPU against the plain one.
+The CUDA provider itself is exercised on a GPU machine only (benchmarks/cuda_check.py); here: provider
+choice, the errors, the fp16 variant on the CPU provider, and the IO-binding decode loop run on the CPU
+against the plain one. The fp16 graph's fixed buffers (the CUDA-graph path): tests/test_static_kv.py.
 """
 
 from __future__ import annotations
@@ -82,14 +82,28 @@ def test_a_cuda_provider_that_does_not_start_is_an_error_or_a_fallback(monkeypat
 
 
 @pytest.mark.parametrize("variant", ["opt", "int8", "int4"])
-def test_cpu_variants_of_the_decoder_graph_are_refused_on_cuda(exports, monkeypatch, variant):
+def test_cpu_variants_of_the_decoder_graph_are_refused_on_cuda(exports, monkeypatch, variant, tmp_path):
     """Their attention (float32) and integer GEMMs have no CUDA kernels: onnxruntime would run them on
-    the CPU across the device's KV buffer. fp16 is the variant for the GPU."""
+    the CPU across the device's KV buffer. fp16 is the variant for the GPU. Refused from the manifest
+    before onnxruntime loads the graph (onnxruntime-gpu 1.31 cannot: it has no query_seqlens), and
+    from the graph itself for a model file without a manifest."""
+    import shutil
+
+    loaded = []
     monkeypatch.setattr(device_module, "resolve_device", lambda device, on_stage=None: "cuda")
-    monkeypatch.setattr(device_module, "providers_for", lambda device: ["CPUExecutionProvider"])
+    monkeypatch.setattr(device_module, "providers_for",
+                        lambda device, cuda_graph=False: loaded.append(cuda_graph) or ["CPUExecutionProvider"])
     monkeypatch.setattr(device_module, "started_on", lambda session, requested, on_stage: "cuda")
-    with pytest.raises(UsageError, match="CPU variant of the decoder graph.*--variant fp16"):
+    with pytest.raises(UsageError, match="CPU variant of the decoder graph.*--variant fp16") as refused:
         OnnxCausalLM(exports[variant] / "model.onnx", device="cuda")
+    assert not loaded and "\n" not in str(refused.value)  # one line, before any session
+    bare = tmp_path / variant
+    bare.mkdir()
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(exports[variant] / name, bare / name)
+    with pytest.raises(UsageError, match="CPU variant of the decoder graph.*--variant fp16"):
+        OnnxCausalLM(bare / "model.onnx", device="cuda")
+    assert loaded == [False]
 
 
 def test_unknown_device_is_a_usage_error():

@@ -13,8 +13,16 @@ from typing import Callable
 
 from chatbot_llm.errors import ChatbotError, UsageError
 
-BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4", "onnx-fp16")
-DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4", "cuda": "torch,onnx-fp32,onnx-fp16"}
+# onnx-fp16-nograph: the fp16 export through the same fixed buffers, with CUDA graphs off
+BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4", "onnx-fp16", "onnx-fp16-nograph")
+DEFAULT_BACKENDS = {"cpu": "torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4",
+                    "cuda": "torch,onnx-fp32,onnx-fp16-nograph,onnx-fp16"}
+NO_GRAPH = "-nograph"
+
+
+def onnx_variant(backend: str) -> str:
+    """The export variant an onnx-* backend runs: onnx-fp16-nograph -> fp16."""
+    return backend.split("-", 1)[1].removesuffix(NO_GRAPH)
 CT2_BACKENDS = ("ct2-int8", "ct2-fp32")
 
 
@@ -60,7 +68,7 @@ def prepare(ref, backends: list[str], on_stage: Callable[[str], None]) -> dict[s
             weights = [p for p in ref.checkpoint.iterdir() if p.suffix in (".safetensors", ".bin")]
             prepared[backend] = {"checkpoint": str(ref.checkpoint), "disk_mb": _disk_mb(weights)}
         elif backend.startswith("onnx-"):
-            folder = ensure_export(ref, backend.split("-", 1)[1], on_stage)
+            folder = ensure_export(ref, onnx_variant(backend), on_stage)
             prepared[backend] = {"folder": str(folder), "disk_mb": _disk_mb(folder.glob("model.onnx*"))}
         else:
             folder = _ct2_convert(ref, backend.split("-", 1)[1], on_stage)

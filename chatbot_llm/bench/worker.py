@@ -150,10 +150,12 @@ def cli_path(spec: dict, prompts: list[list[int]]) -> dict:
     from chatbot_llm.cli.app import resolve_generation_config
     from chatbot_llm.models import load_text_generator, model_defaults, resolve_model
 
+    from chatbot_llm.bench.run import onnx_variant
+
     backend = spec["backend"]
     ref = resolve_model(spec["checkpoint"] if backend == "torch" else spec["folder"])
     generator = load_text_generator(ref, "torch" if backend == "torch" else "onnx",
-                                    None if backend == "torch" else backend.split("-", 1)[1],
+                                    None if backend == "torch" else onnx_variant(backend),
                                     device=spec.get("device", "cpu"), threads=spec.get("threads"))
     config = resolve_generation_config(model_defaults(ref), {"max_new_tokens": spec["new_tokens"], "seed": 0})
     texts = [generator.tokenizer.decode(p) for p in prompts[:8]]
@@ -221,8 +223,13 @@ def measure(spec: dict) -> dict:
 
 
 def main() -> None:
+    from chatbot_llm.bench.run import NO_GRAPH
+    from chatbot_llm.runtime.onnx_model import CUDA_GRAPH_ENV
+
     spec = json.loads(sys.argv[1])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if spec["backend"].endswith(NO_GRAPH):  # this process's sessions, the batch path's too
+        os.environ[CUDA_GRAPH_ENV] = "0"
     print(json.dumps(measure(spec)))
 
 

@@ -19,9 +19,10 @@ from chatbot_llm.errors import UsageError
 @click.option("--shape", type=click.Choice(("gpt2-124m", "tiny")),
               help="Benchmark a random-weights GPT-2 of this shape, built once into checkpoints/.")
 @click.option("--backends",
-              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8, onnx-int4, onnx-fp16 (and ct2-int8, "
-                   "ct2-fp32 when ctranslate2 is installed). Default: torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4 "
-                   "on the CPU; torch,onnx-fp32,onnx-fp16 on CUDA.")
+              help="Comma-separated: torch, onnx-fp32, onnx-opt, onnx-int8, onnx-int4, onnx-fp16, "
+                   "onnx-fp16-nograph (fp16 with CUDA graphs off) (and ct2-int8, ct2-fp32 when ctranslate2 is "
+                   "installed). Default: torch,onnx-fp32,onnx-opt,onnx-int8,onnx-int4 on the CPU; "
+                   "torch,onnx-fp32,onnx-fp16-nograph,onnx-fp16 on CUDA.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)

@@ -20,6 +20,19 @@ Inputs:  input_ids, position_ids (batch, seq) int64; seqlens_k, query_seqlens (b
          logits_index (n,) int64: the positions that get logits, as flat indexes into (batch x seq);
          past_key_values.{i}.key / .value (batch, heads, capacity, head_dim).
 Outputs: logits (n, vocab) float32; present.{i}.key / .value (the same buffers).
+
+Two layouts of the same graph:
+- the CPU provider's (opt, int8, int4): as above.
+- the CUDA provider's (fp16, ``cuda_layout``): no ``query_seqlens`` (onnxruntime-gpu 1.31's
+  GroupQueryAttention has no such input, so a graph that wires it does not load on a GPU): every
+  row takes the same number of new tokens, a prompt step is GQA's first-prompt case (right padding,
+  total_sequence_length = the padded width) and a decode step gives every slot one token
+  (runtime/static_kv.py). One more output, ``next_token`` (n,) int64: the ArgMax of each logits row
+  (the first of equal maxima), so greedy decoding copies one integer per row back to the host
+  instead of the whole vocabulary.
+Both use opset 18 for the default domain: every op then resolves to a version the CUDA provider
+has had kernels for since long before 1.31 (Cast-21 and Reshape-21 are newer), and ReduceMax-18
+(int8) still takes its axes as an input.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MS = "com.microsoft"
-OPSET = 21
+OPSET = 18
 GRAPH_INPUTS = ("input_ids", "position_ids", "seqlens_k", "query_seqlens", "total_sequence_length", "logits_index")
 # GroupQueryAttention's inputs by position (onnxruntime 1.32 schema); the unused ones stay empty
 GQA_QUERY_SEQLENS = 16
@@ -42,7 +55,7 @@ class DecoderGraph:
     """Builds the graph of one checkpoint; ``weights`` maps Hugging Face GPT-2 names to arrays."""
 
     def __init__(self, config: dict, weights: dict[str, np.ndarray], dtype=np.float32,
-                 lm_head_as_matmul: bool = False):
+                 lm_head_as_matmul: bool = False, cuda_layout: bool = False):
         activation = config.get("activation_function", "gelu_new")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} has no decoder-graph kernel; export --variant fp32")
@@ -54,6 +67,8 @@ class DecoderGraph:
         self.config, self.weights, self.dtype = config, weights, np.dtype(dtype)
         self.activation = ACTIVATIONS[activation]
         self.lm_head_as_matmul = lm_head_as_matmul  # a constant MatMul weight, for weight quantization
+        self.cuda_layout = cuda_layout  # no query_seqlens; a next_token output (see the module's docstring)
+        self.inputs = [n for n in GRAPH_INPUTS if not (cuda_layout and n == "query_seqlens")]
         self.layers, self.heads, self.width = config["n_layer"], config["n_head"], config["n_embd"]
         self.eps = float(config.get("layer_norm_epsilon", 1e-5))
         self.elem = TensorProto.FLOAT16 if self.dtype == np.float16 else TensorProto.FLOAT
@@ -89,7 +104,8 @@ class DecoderGraph:
         qkv = self.node("Add", [qkv, self.weight(f"{p}.c_attn.bias")], f"h.{i}.qkv", f"h.{i}.c_attn_bias")
         inputs = [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
                   "total_sequence_length"]
-        inputs += [""] * (GQA_QUERY_SEQLENS - len(inputs)) + ["query_seqlens"]
+        if not self.cuda_layout:
+            inputs += [""] * (GQA_QUERY_SEQLENS - len(inputs)) + ["query_seqlens"]
         attrs = {"num_heads": self.heads, "kv_num_heads": self.heads}
         attrs["scale"] = float(1.0 / np.sqrt(self.width // self.heads))
         out = self.node("GroupQueryAttention", inputs,
@@ -141,7 +157,9 @@ class DecoderGraph:
             table = "transformer.wte.weight" if tied else self.weight("lm_head.weight", head)
             logits = self.node("Gemm", [picked, table], out, "lm_head", transB=1)
         if self.dtype != np.float32:  # the sampler works in float32
-            return self.node("Cast", [logits], "logits", "logits/float32", to=TensorProto.FLOAT)
+            logits = self.node("Cast", [logits], "logits", "logits/float32", to=TensorProto.FLOAT)
+        if self.cuda_layout:  # greedy's token, on the device: over the float32 logits the host would see
+            self.node("ArgMax", [logits], "next_token", "next_token", axis=-1, keepdims=0)
         return logits
 
     def build(self) -> onnx.ModelProto:
@@ -166,8 +184,10 @@ class DecoderGraph:
                 "total_sequence_length": TensorProto.INT32}
         shapes = {"input_ids": ["batch", "seq"], "position_ids": ["batch", "seq"], "logits_index": ["n"],
                   "seqlens_k": ["batch"], "query_seqlens": ["batch"], "total_sequence_length": []}
-        inputs = [helper.make_tensor_value_info(n, ints[n], shapes[n]) for n in GRAPH_INPUTS]
+        inputs = [helper.make_tensor_value_info(n, ints[n], shapes[n]) for n in self.inputs]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", self.config["vocab_size"]])]
+        if self.cuda_layout:
+            outputs.append(helper.make_tensor_value_info("next_token", TensorProto.INT64, ["n"]))
         for i in range(self.layers):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", self.elem, cache))
@@ -191,6 +211,7 @@ def load_weights(checkpoint: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return model.config.to_dict(), weights
 
 
-def build_decoder(checkpoint: Path, dtype=np.float32, lm_head_as_matmul: bool = False) -> onnx.ModelProto:
+def build_decoder(checkpoint: Path, dtype=np.float32, lm_head_as_matmul: bool = False,
+                  cuda_layout: bool = False) -> onnx.ModelProto:
     config, weights = load_weights(checkpoint)
-    return DecoderGraph(config, weights, dtype, lm_head_as_matmul).build()
+    return DecoderGraph(config, weights, dtype, lm_head_as_matmul, cuda_layout).build()

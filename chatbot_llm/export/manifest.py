@@ -22,7 +22,9 @@ FORMAT_VERSION = 1
 # 2: logits_to_keep, int8 embedding shared with lm_head, attention's Gemm quantized, model.onnx.data.
 # 3: opt, int8, int4 and fp16 are the decoder graph written from the weights (export/decoder.py);
 #    int8 is per-row int8 activations on the integer GEMM.
-RECIPE = 3
+# 4: opset 18; fp16 is the CUDA provider's layout (no query_seqlens, which onnxruntime-gpu 1.31 lacks;
+#    a next_token output) and runs with CUDA graphs (runtime/static_kv.py).
+RECIPE = 4
 MODEL_FILE = "model.onnx"
 VARIANTS = ("fp32", "opt", "int8", "int4", "fp16")  # what export_checkpoint can make; see export/pipeline.py
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")

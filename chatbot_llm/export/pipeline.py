@@ -9,7 +9,8 @@ int8: opt with int8 weights (per output column) and int8 activations (per row) o
       scale for the whole batch, so a prompt's logits change with its batch neighbours (onnxruntime
       issue 5653).
 int4: opt with weight-only 4-bit MatMulNBits (blocks of 32); the smallest and fastest at batch 1.
-fp16: the decoder graph in float16 (weights and KV buffer; logits float32), for the GPU.
+fp16: the decoder graph in float16 (weights and KV buffer; logits float32) in the CUDA provider's
+      layout (no query_seqlens, a next_token output; export/decoder.py), for the GPU.
 
 Everything is written to a temporary folder beside the destination and moved into place only
 after it passed validation, so an interrupted export never leaves a cache that gets used.
@@ -185,7 +186,7 @@ def _decoder_graph(checkpoint: Path, variant: str) -> "onnx.ModelProto":
     try:
         with _quiet():
             model = build_decoder(checkpoint, dtype=np.float16 if variant == "fp16" else np.float32,
-                                  lm_head_as_matmul=variant in ("int8", "int4"))
+                                  lm_head_as_matmul=variant in ("int8", "int4"), cuda_layout=variant == "fp16")
     except ValueError as exc:  # a GPT-2 variant the decoder graph does not cover
         raise UsageError(f"{checkpoint}: {exc}") from None
     except Exception as exc:  # transformers/safetensors raise many types for unloadable weights

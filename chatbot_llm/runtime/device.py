@@ -49,8 +49,12 @@ def cuda_needs() -> str:
     return f"CUDA {version} and cuDNN 9 libraries"
 
 
-def providers_for(device: str) -> list[str]:
-    return [CUDA, CPU] if device == "cuda" else [CPU]
+def providers_for(device: str, cuda_graph: bool = False) -> list:
+    """onnxruntime's providers for a device; cuda_graph: the CUDA provider captures a decode step once
+    and replays it after (a session option: runtime/static_kv.py runs what it captures)."""
+    if device != "cuda":
+        return [CPU]
+    return [(CUDA, {"enable_cuda_graph": "1"}) if cuda_graph else CUDA, CPU]
 
 
 def started_on(session: ort.InferenceSession, requested: str, on_stage: Callable[[str], None]) -> str:

@@ -66,6 +66,10 @@ class Generator:
         self.results = [RowResult() for _ in prompts]
         self.active = np.arange(len(prompts))
         self.cache = model.start(prompts, int(self.capacity.max()), pad_id=eos_token_id)
+        # greedy with no processors, on a cache with the device's argmax: one int64 per row comes back
+        self.argmax_on_device = not config.do_sample and not self.processors and hasattr(self.cache, "next_tokens")
+        if self.argmax_on_device:
+            self.cache.read_logits = False
         self._next_tokens: np.ndarray | None = None  # None: the prompts go first
         self.started = time.perf_counter()
 
@@ -91,7 +95,9 @@ class Generator:
         scores = logits
         if self.processors:  # only they read the rows' tokens
             scores = apply_processors(self.processors, [self.sequences[r][: self.lengths[r]] for r in rows], logits)
-        if self.config.do_sample:
+        if self.argmax_on_device:
+            tokens = self.cache.next_tokens()
+        elif self.config.do_sample:
             tokens = np.array([sample(s, self.rngs[r]) for r, s in zip(rows, scores)], np.int64)
         else:
             tokens = scores.argmax(axis=-1)

@@ -119,8 +119,10 @@ class TextGenerator:
 
         A seeded call must give the same text per prompt at any batch size, so a row's logits must
         be bit-identical in any batch: a draw ~1e-6 from the edge between two tokens could otherwise
-        pick the other one. The decoder graph (opt, int8, int4, fp16) gives that in any batch: its
-        rows are right-padded and their tokens keep their positions. Optimum's graph (fp32) left-pads,
+        pick the other one. The decoder graph (opt, int8, int4, fp16) gives that in any batch on the
+        CPU provider: its rows are right-padded and their tokens keep their positions. On CUDA it does
+        not (cuBLAS picks GEMM kernels by shape, so fp16 logits move in their last bits with the batch):
+        there only greedy output is batch-invariant. Optimum's graph (fp32) left-pads,
         which moves a row's tokens within the padded width and changes the order of float32 sums, so
         there a seeded sampled call runs prompts of equal token length together (see batches()).
         """
