@@ -107,6 +107,11 @@ class OnnxCausalLM:
             return KVBufferBatch(self, prompts, capacity)
         return GrowingCacheBatch(self, prompts, pad_id)
 
+    @property
+    def can_join(self) -> bool:
+        """Can a running batch take new rows (KVBufferBatch.join: the decoder graph, numpy buffers)?"""
+        return self.buffered and not self.io_binding
+
     def empty_cache(self, batch: int) -> KVCache:
         shape = (batch, self.num_heads, 0, self.head_dim)
         return KVCache([np.zeros(shape, self.past_dtype) for _ in self.past_names])
