@@ -170,3 +170,77 @@ def test_batches_that_cannot_join_say_so(exports, prompts):
         assert not generator.can_add_rows
         with pytest.raises(RuntimeError, match="cannot take rows"):
             generator.add_rows([prompts[2]], stream_keys=[2])
+
+
+# ---------------------------------------------------------------- the server's scheduler
+
+
+def _serve_one_after_another(tg, texts: list[str], config: GenerationConfig, monkeypatch,
+                             rows_per_generator: int | None = None) -> tuple[list[str], int]:
+    """Each row is submitted when the one before it has streamed its first text (so all run at once
+    if they can). Returns each row's text and how many Generators the scheduler started."""
+    import chatbot_llm.serve.scheduler as scheduler_module
+    from chatbot_llm.serve.scheduler import Row, Scheduler
+
+    started = []
+
+    class CountingGenerator(Generator):
+        def __init__(self, *args, **kwargs):
+            started.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(scheduler_module, "Generator", CountingGenerator)
+    scheduler = Scheduler(max_batch=8)
+    if rows_per_generator:
+        monkeypatch.setattr(scheduler, "ROWS_PER_GENERATOR", rows_per_generator)
+    texts_out = [""] * len(texts)
+    finished = threading.Event()
+    done: set[int] = set()
+    rows: list[Row] = []
+    submitted = {0}
+
+    def deliver(event):  # on the worker thread, between steps
+        texts_out[event.index] += event.text
+        if event.index + 1 < len(rows) and event.index + 1 not in submitted:
+            submitted.add(event.index + 1)
+            scheduler.submit([rows[event.index + 1]])
+        if event.finish_reason:
+            assert not event.finish_reason.startswith("error"), event.finish_reason
+            done.add(event.index)
+            if len(done) == len(rows):
+                finished.set()
+
+    rows += [Row(tg, tg.tokenizer.encode(text).ids, config, index=i, stream_key=0, stops=[], deliver=deliver)
+             for i, text in enumerate(texts)]
+    scheduler.start()
+    try:
+        scheduler.submit([rows[0]])
+        assert finished.wait(60)
+    finally:
+        scheduler.stop()
+    return texts_out, len(started)
+
+
+SERVE_TEXTS = ["I was walking through my old school", "Subject: meeting", "The", "Dreams of a house"]
+
+
+def test_rows_arriving_one_after_another_share_one_generator_and_keep_their_text(exports, monkeypatch):
+    from chatbot_llm.models import load_text_generator
+
+    tg = load_text_generator(str(exports["opt"]))
+    config = GenerationConfig(do_sample=True, max_new_tokens=30, temperature=1.0, top_k=0,
+                              repetition_penalty=1.0, seed=5)
+    together, generators = _serve_one_after_another(tg, SERVE_TEXTS, config, monkeypatch)
+    assert generators == 1
+    alone = [_serve_one_after_another(tg, [text], config, monkeypatch)[0][0] for text in SERVE_TEXTS]
+    assert together == alone and all(together)
+
+
+def test_a_generator_that_took_its_share_of_rows_lets_a_fresh_one_take_the_next(exports, monkeypatch):
+    from chatbot_llm.models import load_text_generator
+
+    tg = load_text_generator(str(exports["opt"]))
+    config = GenerationConfig(do_sample=False, max_new_tokens=30, repetition_penalty=1.2)
+    together, generators = _serve_one_after_another(tg, SERVE_TEXTS, config, monkeypatch, rows_per_generator=2)
+    assert generators == 2
+    assert together == [_serve_one_after_another(tg, [text], config, monkeypatch)[0][0] for text in SERVE_TEXTS]
