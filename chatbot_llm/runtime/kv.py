@@ -96,7 +96,7 @@ class KVBufferBatch:
         feeds = {
             "input_ids": ids,
             "position_ids": positions,
-            # an idle slot keeps its length (one dropped before its prompt ran: 0, read as 1 and unused)
+            # an idle slot has length 0 (its row left, or never ran), read as 1 and unused
             "seqlens_k": np.maximum(self.lengths - 1, 0),
             "query_seqlens": new,
             "total_sequence_length": np.array(self.capacity, np.int32),
