@@ -2,12 +2,15 @@
 
 Both give the Generator the same three calls: ``forward(tokens)`` (None the first time: the
 prompts) -> float32 logits of the last position of each active row, and ``keep(mask)`` to drop the
-rows that finished.
+rows that finished. Where ``can_join`` is true, ``join(prompts, capacity)`` adds rows to the running
+batch (continuous batching: the server's newcomers join between steps).
 
 - ``KVBufferBatch`` for the decoder graph (export/decoder.py): one preallocated buffer per layer,
   (slots, heads, capacity, head_dim), bound as both past and present. Prompts are right-padded, so a
   row's tokens sit at positions 0..n-1 whatever its neighbours; a finished row's slot goes idle
-  (query_seqlens 0) and the buffer is compacted only when at most half its slots are live.
+  (query_seqlens 0, length reset to 0) and the buffer is compacted only when at most half its slots
+  are live. A joining row takes an idle slot, or new ones (8 at a time); the buffer's capacity grows
+  (doubling) when a joining row needs more. Joining runs on the CPU only (numpy buffers).
 - ``GrowingCacheBatch`` for Optimum's export (the fp32 reference): left padding, an attention mask,
   and past tensors that the graph concatenates one position longer every step.
 """
@@ -51,10 +54,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
 
 
 class KVBufferBatch:
+    SLOT_STEP = 8  # slots added at a time when joining rows find none idle
+
     def __init__(self, model: "OnnxCausalLM", prompts: Sequence[Sequence[int]], capacity: int):
         self.model, self.prompts, self.capacity = model, prompts, int(capacity)
+        self.can_join = model.can_join  # joining copies cache rows between numpy buffers: not OrtValues
         slots = len(prompts)
-        self.lengths = np.zeros(slots, np.int32)  # tokens in each slot's cache
+        self.lengths = np.zeros(slots, np.int32)  # tokens in each slot's cache (0: idle, free to reuse)
         self.active = np.arange(slots)  # the slot of each row still generating, in row order
         self.prefilled = False
         shape = (slots, model.num_heads, self.capacity, model.head_dim)
@@ -90,7 +96,7 @@ class KVBufferBatch:
         feeds = {
             "input_ids": ids,
             "position_ids": positions,
-            # an idle slot keeps its length (one dropped before its prompt ran: 0, read as 1 and unused)
+            # an idle slot has length 0 (its row left, or never ran), read as 1 and unused
             "seqlens_k": np.maximum(self.lengths - 1, 0),
             "query_seqlens": new,
             "total_sequence_length": np.array(self.capacity, np.int32),
@@ -104,6 +110,7 @@ class KVBufferBatch:
 
     def keep(self, mask: np.ndarray) -> None:
         """Drop rows (a mask over the active rows), before or after the prompts ran."""
+        self.lengths[self.active[~mask]] = 0  # their slots go idle and are free for joining rows
         self.active = self.active[mask]
         live = len(self.active)
         # compacting copies every live slot's buffer: worth it once half the slots are idle, so the
@@ -115,8 +122,53 @@ class KVBufferBatch:
             self.active = np.arange(live)
             self._bind_buffers()
 
+    def join(self, prompts: Sequence[Sequence[int]], capacity: int, limit: int | None = None) -> np.ndarray:
+        """Add rows to the running batch, after the rows already in it: float32 logits of each prompt's
+        last position, one row per prompt.
+
+        The prompts run in a pass of their own (a small batch of just them) and their cache rows are
+        copied into idle slots: mixing prompts into the decode pass of the others costs more than the
+        two passes apart. capacity: the room the new rows need; the buffer grows to it (at least
+        doubling, but not past limit, the model's context, when given).
+        """
+        if not self.can_join:
+            raise RuntimeError("this KV cache lives on the device; its batch cannot take new rows")
+        if len(self.active) and not self.prefilled:
+            raise RuntimeError("run the batch's own prompts (forward(None)) before rows join it")
+        width = max(len(p) for p in prompts)
+        newcomers = KVBufferBatch(self.model, prompts, capacity=width)
+        logits = newcomers.forward(None)
+        if capacity > self.capacity:
+            grown = max(capacity, min(2 * self.capacity, limit or capacity))
+            self._resize(len(self.lengths), grown)
+        free = np.setdiff1d(np.arange(len(self.lengths)), self.active)  # sorted: reuse the lowest slots
+        if len(free) < len(prompts):
+            short = len(prompts) - len(free)
+            self._resize(len(self.lengths) + -(-short // self.SLOT_STEP) * self.SLOT_STEP, self.capacity)
+            free = np.setdiff1d(np.arange(len(self.lengths)), self.active)
+        slots = free[: len(prompts)]
+        for buffer, source in zip(self.buffers, newcomers.buffers):  # in place: the binding sees it
+            buffer[slots, :, :width] = source
+        self.lengths[slots] = newcomers.lengths
+        self.active = np.concatenate([self.active, slots])
+        self.prefilled = True
+        return logits
+
+    def _resize(self, slots: int, capacity: int) -> None:
+        """New buffers of this many slots and positions, holding what the old ones held."""
+        old = len(self.lengths)
+        buffers = [np.zeros((slots, self.model.num_heads, capacity, self.model.head_dim), self.model.past_dtype)
+                   for _ in self.buffers]
+        for new, buffer in zip(buffers, self.buffers):
+            new[:old, :, : self.capacity] = buffer
+        self.buffers, self.capacity = buffers, capacity
+        self.lengths = np.concatenate([self.lengths, np.zeros(slots - old, np.int32)])
+        self._bind_buffers()
+
 
 class GrowingCacheBatch:
+    can_join = False  # left padding: a newcomer's positions would depend on its neighbours
+
     def __init__(self, model: "OnnxCausalLM", prompts: Sequence[Sequence[int]], pad_id: int):
         self.model = model
         self.ids, self.attention_mask, self.positions = left_pad(prompts, pad_id)
@@ -135,6 +187,8 @@ class GrowingCacheBatch:
         return logits
 
     def keep(self, mask: np.ndarray) -> None:
+        if not mask.any():  # the batch is over (it takes no new rows)
+            return
         self.cache = self.cache.select(mask)
         self.attention_mask = self.attention_mask[mask]
         self.lengths = self.lengths[mask]

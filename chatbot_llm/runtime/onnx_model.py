@@ -154,6 +154,12 @@ class OnnxCausalLM:
         one no live batch holds, of the shape whose CUDA graph may already be captured."""
         return self.static_pool.lease(rows, need)
 
+    @property
+    def can_join(self) -> bool:
+        """Can a running batch take new rows (KVBufferBatch.join: the decoder graph's CPU layout, numpy
+        buffers)? The CUDA layout's fixed buffers and Optimum's growing cache cannot."""
+        return self.buffered and not self.static and not self.io_binding
+
     def empty_cache(self, batch: int) -> KVCache:
         shape = (batch, self.num_heads, 0, self.head_dim)
         return KVCache([np.zeros(shape, self.past_dtype) for _ in self.past_names])

@@ -123,6 +123,7 @@ class StaticKVBatch:
     runtime/kv.py, and ``next_tokens()``: the device's argmax of each active row's last logits."""
 
     read_logits = True  # the Generator turns this off when it reads next_tokens() instead
+    can_join = False  # fixed shapes: a captured graph cannot take rows mid-batch
 
     def __init__(self, model: "OnnxCausalLM", prompts: Sequence[Sequence[int]], capacity: int):
         if max(len(p) for p in prompts) > capacity:

@@ -1,29 +1,34 @@
 """The scheduler: one worker thread owns the models and runs every forward pass.
 
 Requests become rows (one per prompt and choice). Rows wait in a bounded queue; at each step
-boundary the worker admits waiting rows into new Generators, then steps every live Generator once,
-so rows that arrive together are generated together, newcomers join between steps and finished
-rows leave, with at most max_batch rows live. The asyncio side never waits on a forward pass:
-each token's text goes back through the row's `deliver` callback, which the app points at
-loop.call_soon_threadsafe.
+boundary the worker admits waiting rows, then steps every running Generator once, with at most
+max_batch rows live in all. The asyncio side never waits on a forward pass: each token's text goes
+back through the row's `deliver` callback, which the app points at loop.call_soon_threadsafe.
 
-Rows share a Generator only when they share a model and generation settings. A row's logits, and so
-its text, are the same alone or alongside 31 others: the decoder graph keeps each row's numbers
-apart; on fp32's left-padded graph a seeded sampled row shares a Generator only with rows of its own
-token length (TextGenerator.groups_by_length). Each row's random stream is
-keyed by (seed, its choice index), so a seed gives one text per choice, whatever else runs.
+Continuous batching. Rows share a Generator only when they share a model and generation settings
+(a group). Each group has one running Generator, and newcomers join it between steps
+(Generator.add_rows): their prompts run in a pass of their own beside the others' decode step, and
+from the next step on they decode in the same pass as everyone else. A forward pass of this small
+model costs about the same for 8 rows as for 32, so one pass of 32 rows, not several small
+Generators stepped in turn, is what keeps up with `batch --batch-size 32`. A Generator that has taken
+ROWS_PER_GENERATOR rows takes no more (it keeps every row's tokens and results): the next newcomers
+start a fresh one and the old one runs down.
 
-Admission trades a little first-token time for throughput: each Generator costs a forward pass
-and a round of Python per step, so a row costs 2-3x more in a Generator of one or two rows than in
-one of eight or more (the dream model on 2 cores: 4.3 ms/row alone, 2.4 at 8 rows, 2.0 at 32).
-So while rows are live, newcomers wait until a quarter of max_batch is free and start together;
-on an idle server they start at once.
+Where a batch cannot take rows mid-way (Optimum's fp32 graph, and the decoder graph's device
+buffers under IO binding), waiting rows start a new Generator together instead; while rows are live
+they wait until a quarter of max_batch is free, since a Generator of one or two rows costs a forward
+pass and a round of Python per step for little work.
+
+A row's logits, and so its text, are the same alone or alongside 31 others, whenever it joins: the
+decoder graph keeps each row's numbers apart (runtime.kv); on fp32's left-padded graph a seeded
+sampled row shares a Generator only with rows of its own token length (TextGenerator.groups_by_length).
+Each row's random stream is keyed by (seed, its choice index), so a seed gives one text per choice,
+whatever else runs.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -63,6 +68,10 @@ class Row:
         by_length = self.text_generator.groups_by_length(self.config)
         return (id(self.text_generator), self.config, len(self.ids) if by_length else -1)
 
+    def can_join(self) -> bool:
+        """Can it join a running Generator, or must it start one of its own?"""
+        return self.text_generator.model.can_join
+
 
 class _LiveRow:
     def __init__(self, row: Row):
@@ -70,29 +79,42 @@ class _LiveRow:
         self.decoder = StreamDecoder(row.text_generator.tokenizer)
         self.stop_text = StopText(row.stops)
         self.tokens = 0
-        self.done = False
 
 
 class _Batch:
+    """A running Generator and the streams of its rows that are still live."""
+
     def __init__(self, rows: list[Row]):
         first = rows[0]
         tg = first.text_generator
         self.generator = Generator(tg.model, [r.ids for r in rows], first.config, tg.eos_token_id,
                                    tg.context_length, stream_keys=[r.stream_key for r in rows])
-        self.rows = [_LiveRow(r) for r in rows]
-        self.started = time.perf_counter()
+        self.rows: dict[int, _LiveRow] = {i: _LiveRow(r) for i, r in enumerate(rows)}  # by Generator row
+        self.taken = len(rows)  # rows it has ever taken
+        self.failed = False
+
+    def add(self, rows: list[Row]) -> None:
+        indexes = self.generator.add_rows([r.ids for r in rows], [r.stream_key for r in rows])
+        self.rows.update((i, _LiveRow(r)) for i, r in zip(indexes, rows))
+        self.taken += len(rows)
 
     def live(self) -> int:
-        return sum(not r.done for r in self.rows)
+        return len(self.rows)
+
+    def over(self) -> bool:
+        return self.failed or self.generator.is_done()
 
 
 class Scheduler:
+    ROWS_PER_GENERATOR = 1024  # then a fresh Generator takes the newcomers: finished rows' state is let go
+
     def __init__(self, max_batch: int = 32, max_queue: int = 256):
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.admit_min = max(1, max_batch // 4)
+        self.admit_min = max(1, max_batch // 4)  # for rows that cannot join a running Generator
         self._lock = threading.Condition()
         self._waiting: deque[Row] = deque()
         self._batches: list[_Batch] = []  # the worker's own
+        self._joinable: dict[tuple, _Batch] = {}  # group -> its running Generator that takes newcomers
         self._live_rows = 0  # read by other threads under the lock
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="chatbot-llm-scheduler", daemon=True)
@@ -138,44 +160,59 @@ class Scheduler:
                     return
                 newcomers = self._admit()
             for rows in _groups(newcomers):
-                try:
-                    self._batches.append(_Batch(rows))
-                except Exception as exc:  # a bad row must not stop the worker
-                    for row in rows:
-                        row.deliver(RowEvent(row.index, "", "error:" + str(exc)))
+                self._start(rows)
             for batch in list(self._batches):
                 try:
                     self._step(batch)
                 except Exception as exc:  # a bug in one batch: its rows get the error, the others go on
                     self._fail(batch, exc)
-            self._batches = [b for b in self._batches if not b.generator.is_done()]
+            self._batches = [b for b in self._batches if not b.over()]
+            self._joinable = {key: b for key, b in self._joinable.items() if not b.over()}
             with self._lock:
                 self._live_rows = sum(b.live() for b in self._batches)
 
     def _admit(self) -> list[Row]:
-        """Waiting rows to start now (under the lock)."""
-        while self._waiting and self._waiting[0].cancelled:
-            self._waiting.popleft()
+        """Waiting rows to start now, in their order (under the lock)."""
         live = sum(b.live() for b in self._batches)
         free = self.max_batch - live
-        if free <= 0 or not self._waiting:
-            return []
-        if live and free < self.admit_min:
-            return []
         taken = []
         while self._waiting and len(taken) < free:
-            row = self._waiting.popleft()
+            row = self._waiting[0]
+            if not row.cancelled and live and free < self.admit_min and not row.can_join():
+                break  # it would start a small Generator of its own: it waits for more room
+            self._waiting.popleft()
             if not row.cancelled:
                 taken.append(row)
+        while self._waiting and self._waiting[0].cancelled:
+            self._waiting.popleft()
         self._live_rows = live + len(taken)
         return taken
 
+    def _start(self, rows: list[Row]) -> None:
+        """Rows of one group: into the group's running Generator, or a new one."""
+        key = rows[0].group_key()
+        batch = self._joinable.get(key)
+        try:
+            if batch is not None:
+                batch.add(rows)
+            else:
+                batch = _Batch(rows)
+                self._batches.append(batch)
+                if batch.generator.can_add_rows:
+                    self._joinable[key] = batch
+        except Exception as exc:  # a bad row must not stop the worker, nor the rows it would join
+            for row in rows:
+                row.deliver(RowEvent(row.index, "", "error:" + str(exc)))
+            return
+        if batch.taken >= self.ROWS_PER_GENERATOR and self._joinable.get(key) is batch:
+            del self._joinable[key]  # it runs down; newcomers start a fresh one
+
     def _step(self, batch: _Batch) -> None:
         generator = batch.generator
-        for i, live in enumerate(batch.rows):
-            if live.row.cancelled and not live.done:
+        for i, live in list(batch.rows.items()):
+            if live.row.cancelled:
                 generator.cancel(i)
-                live.done = True
+                del batch.rows[i]
         if generator.is_done():
             return
         try:
@@ -183,7 +220,6 @@ class Scheduler:
         except Exception as exc:  # a failed forward pass ends its batch, not the server
             self._fail(batch, exc)
             return
-        seconds = time.perf_counter() - batch.started
         for i, token in stepped:
             live = batch.rows[i]
             result = generator.results[i]
@@ -202,21 +238,19 @@ class Scheduler:
             else:
                 finish = None
             if finish is not None:
-                live.done = True
+                del batch.rows[i]
                 if not live.stop_text.stopped:  # an unfinished character, a stop string's start
                     text += live.stop_text.add(live.decoder.flush())
                     text += live.stop_text.flush()
             if text or finish:
-                live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, seconds))
-
+                live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, result.seconds))
 
     @staticmethod
     def _fail(batch: _Batch, exc: Exception) -> None:
-        for i, live in enumerate(batch.rows):
-            if not live.done:
-                live.done = True
-                live.row.deliver(RowEvent(live.row.index, "", f"error:{type(exc).__name__}: {exc}"))
-            batch.generator.cancel(i)
+        batch.failed = True
+        for i, live in batch.rows.items():
+            live.row.deliver(RowEvent(live.row.index, "", f"error:{type(exc).__name__}: {exc}"))
+        batch.rows.clear()
 
 
 def _groups(rows: list[Row]) -> list[list[Row]]:
