@@ -127,3 +127,47 @@ def test_sampling_follows_the_distribution():
     draws = np.array([sample(scores, rng) for _ in range(4000)])
     assert set(np.unique(draws)) == {3, 9}
     assert abs((draws == 9).mean() - 0.75) < 0.03
+
+
+GPT2_VOCAB = 50257
+
+
+def full_row_sample(scores: np.ndarray, rng: np.random.Generator) -> int:
+    """The draw over the whole vocabulary, as the sampler did it before it skipped the -inf tokens."""
+    cdf = np.cumsum(np.exp(scores.astype(np.float64) - np.max(scores)))
+    token = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    if token >= len(cdf) or not np.isfinite(scores[token]):
+        token = int(np.flatnonzero(np.isfinite(scores))[-1])
+    return token
+
+
+@pytest.mark.parametrize("top_k", [1, 7, 50, 500, 785, 786, 5000, GPT2_VOCAB])
+def test_top_k_on_the_full_vocabulary_keeps_exactly_the_selection_of_the_whole_row(top_k):
+    """TopK finds the k-th largest from a sample of the row: the same threshold as a selection over
+    all 50,257 scores, ties at the threshold included, on both of its paths."""
+    rng = np.random.default_rng(top_k)
+    scores = (rng.standard_normal((4, GPT2_VOCAB)) * 3).astype(np.float32)
+    scores[1] = np.round(scores[1])  # many ties, also at the k-th value
+    scores[2, ::16] = -50.0  # the sampled positions hold the row's lowest scores
+    scores[3, :] = 0.0  # one value throughout
+    kept = apply_processors(build_processors(GenerationConfig(top_k=top_k, temperature=1.0, top_p=1.0,
+                                                              repetition_penalty=1.0, max_new_tokens=1)),
+                            [np.array([1])] * 4, scores.copy())
+    for row, out in zip(scores, kept):
+        kth = np.partition(row, GPT2_VOCAB - top_k)[GPT2_VOCAB - top_k]
+        assert np.array_equal(np.isfinite(out), row >= kth)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), top_k=st.one_of(st.just(0), st.integers(1, 600)),
+       top_p=st.one_of(st.just(1.0), st.floats(0.05, 1.0)), temperature=st.floats(0.3, 2.0))
+def test_sampling_draws_the_token_the_whole_row_draw_did(seed, top_k, top_p, temperature):
+    """Skipping the -inf tokens changes no seeded draw: the same random number picks the same token."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((1, GPT2_VOCAB)) * 4).astype(np.float32)
+    config = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=1.0,
+                              max_new_tokens=1)
+    processed = apply_processors(build_processors(config), [np.array([1])], scores)[0]
+    ours_rng, reference_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 1])
+    assert [sample(processed, ours_rng) for _ in range(20)] == [full_row_sample(processed, reference_rng)
+                                                                for _ in range(20)]
