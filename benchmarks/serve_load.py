@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--stream-interval", type=int, default=0, help="serve --stream-interval MS (default 0)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
     args = parser.parse_args()
     settings = {"max_tokens": args.max_tokens}  # the rest: dream's generation_config.json, as batch uses
@@ -157,7 +158,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     log = open(work / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "chatbot_llm", "serve", "--model", "dream", "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--log-db", str(work / "history.db")],
+                               "--max-batch", str(args.max_batch), "--stream-interval", str(args.stream_interval), "--log-db", str(work / "history.db")],
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900  # a first run exports dream
@@ -203,7 +204,7 @@ def main() -> None:
         "machine": machine(),
         "load_average_1_5_15": {"before": load_before, "after_server_run": load_during},
         "settings": {"model": "dream", "variant": "opt (default)", "requests": args.requests, "clients": args.clients,
-                     "max_tokens": args.max_tokens, "max_batch": args.max_batch,
+                     "max_tokens": args.max_tokens, "max_batch": args.max_batch, "stream_interval_ms": args.stream_interval,
                      "sampling": "dream's generation_config.json (temperature 0.7, top_k 50, top_p 0.9, "
                                  "repetition_penalty 1.2), unseeded"},
         "server": {

@@ -244,3 +244,38 @@ def test_a_generator_that_took_its_share_of_rows_lets_a_fresh_one_take_the_next(
     together, generators = _serve_one_after_another(tg, SERVE_TEXTS, config, monkeypatch, rows_per_generator=2)
     assert generators == 2
     assert together == [_serve_one_after_another(tg, [text], config, monkeypatch)[0][0] for text in SERVE_TEXTS]
+
+
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_a_stream_interval_sends_fewer_larger_events_with_the_same_text(exports, interval):
+    """serve --stream-interval: a row's first text goes at once, the rest waits for later tokens'
+    (here: until its end), and the text is the same as every token's own event gives."""
+    from chatbot_llm.models import load_text_generator
+    from chatbot_llm.serve.scheduler import Row, Scheduler
+
+    tg = load_text_generator(str(exports["opt"]))
+    config = GenerationConfig(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    events = []
+    finished = threading.Event()
+
+    def deliver(event):
+        events.append(event)
+        if event.finish_reason:
+            finished.set()
+
+    scheduler = Scheduler(max_batch=4, stream_interval=interval)
+    scheduler.start()
+    try:
+        scheduler.submit([Row(tg, tg.tokenizer.encode("The house").ids, config, index=0, stream_key=0, stops=[],
+                              deliver=deliver)])
+        assert finished.wait(60)
+    finally:
+        scheduler.stop()
+    text = "".join(e.text for e in events)
+    assert text == tg.generate(["The house"], config)[0].response
+    assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
+    texts = [e for e in events if e.text]
+    if interval:
+        assert len(texts) == 2  # the first text, then all the rest with the end
+    else:
+        assert len(texts) >= 6  # a token's text at a time

@@ -31,13 +31,16 @@ from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
               help="Rows generated together at most; more requests wait in the queue.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows waiting at most; beyond it a request gets 503 with Retry-After.")
+@click.option("--stream-interval", type=click.IntRange(min=0), default=0, show_default=True, metavar="MS",
+              help="A stream's text waits up to MS milliseconds to go out with the next tokens' (fewer, larger "
+                   "events under load); 0 sends every token's text at once. First text and the end go at once.")
 @click.option("--max-body", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
               help="Largest request body in bytes (413 beyond).")
 @template_option
 @history_options
 @generation_options
 def serve(models: tuple[str, ...], variant: str | None, device: str, host: str, port: int, api_key: str | None,
-          max_batch: int, max_queue: int, max_body: int, template: str | None, log_db: Path | None, no_log: bool,
+          max_batch: int, max_queue: int, stream_interval: int, max_body: int, template: str | None, log_db: Path | None, no_log: bool,
           **kwargs: Any) -> None:
     """Serve models over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models), with a chat page at /.
 
@@ -73,7 +76,8 @@ def serve(models: tuple[str, ...], variant: str | None, device: str, host: str, 
         with err.status(f"preparing {ref.name} (onnx, {variant})"):
             tg = load_text_generator(ref, "onnx", variant, on_stage=stage, on_warning=warn, device=device)
         served[ref.name] = ServedModel(ref.name, tg, defaults[ref.name])
-    settings = ServerSettings(served, Scheduler(max_batch=max_batch, max_queue=max_queue), chat_template,
+    settings = ServerSettings(served, Scheduler(max_batch=max_batch, max_queue=max_queue,
+                                                  stream_interval=stream_interval / 1000), chat_template,
                               template or DEFAULT_TEMPLATE, api_key, history, Limits(max_body_bytes=max_body))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         warn(f"listening on {host} without --api-key: anyone who can reach this machine can use the models")

@@ -3,7 +3,7 @@
 Requests become rows (one per prompt and choice). Rows wait in a bounded queue; at each step
 boundary the worker admits waiting rows, then steps every running Generator once, with at most
 max_batch rows live in all. The asyncio side never waits on a forward pass: each token's text goes
-back through the row's `deliver` callback, which the app points at loop.call_soon_threadsafe.
+back through the row's `deliver` callback, which the app points at its Mailbox (one loop wake-up a step).
 
 Continuous batching. Rows share a Generator only when they share a model and generation settings
 (a group). Each group has one running Generator, and newcomers join it between steps
@@ -29,6 +29,7 @@ whatever else runs.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -79,6 +80,8 @@ class _LiveRow:
         self.decoder = StreamDecoder(row.text_generator.tokenizer)
         self.stop_text = StopText(row.stops)
         self.tokens = 0
+        self.held = ""  # text not sent yet (the stream interval)
+        self.sent_at: float | None = None  # when its last text went out
 
 
 class _Batch:
@@ -108,7 +111,10 @@ class _Batch:
 class Scheduler:
     ROWS_PER_GENERATOR = 1024  # then a fresh Generator takes the newcomers: finished rows' state is let go
 
-    def __init__(self, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, max_batch: int = 32, max_queue: int = 256, stream_interval: float = 0.0):
+        """stream_interval: seconds a row's text may wait to go out with the next token's (0: every
+        token at once). A row's first text and its end always go at once."""
+        self.stream_interval = stream_interval
         self.max_batch, self.max_queue = max_batch, max_queue
         self.admit_min = max(1, max_batch // 4)  # for rows that cannot join a running Generator
         self._lock = threading.Condition()
@@ -220,6 +226,7 @@ class Scheduler:
         except Exception as exc:  # a failed forward pass ends its batch, not the server
             self._fail(batch, exc)
             return
+        now = time.perf_counter()
         for i, token in stepped:
             live = batch.rows[i]
             result = generator.results[i]
@@ -242,6 +249,12 @@ class Scheduler:
                 if not live.stop_text.stopped:  # an unfinished character, a stop string's start
                     text += live.stop_text.add(live.decoder.flush())
                     text += live.stop_text.flush()
+            text, live.held = live.held + text, ""
+            if text and finish is None and live.sent_at is not None and now - live.sent_at < self.stream_interval:
+                live.held = text  # it goes with a later token's text
+                continue
+            if text:
+                live.sent_at = now
             if text or finish:
                 live.row.deliver(RowEvent(live.row.index, text, finish, live.tokens, result.seconds))
 
