@@ -12,7 +12,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from chatbot_llm.config import GenerationConfig
-from chatbot_llm.runtime.processors import apply_processors, build_processors, sample
+from chatbot_llm.runtime.processors import TopK, apply_processors, build_processors, sample, sample_rows
 
 VOCAB = 64
 hf_logging.set_verbosity_error()  # "flags are not valid" notes for greedy configs
@@ -171,3 +171,57 @@ def test_sampling_draws_the_token_the_whole_row_draw_did(seed, top_k, top_p, tem
     ours_rng, reference_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 1])
     assert [sample(processed, ours_rng) for _ in range(20)] == [full_row_sample(processed, reference_rng)
                                                                 for _ in range(20)]
+
+
+@pytest.mark.parametrize("top_k", [1, 7, 50, 500, 785, 786, 5000, GPT2_VOCAB, GPT2_VOCAB + 5])
+def test_top_k_kept_positions_are_the_ones_its_filter_leaves(top_k):
+    """TopK.kept(), the compact path's selection, names exactly the positions __call__ leaves above
+    -inf (or at -inf only where they were -inf already), ascending, on rows with ties, one value
+    throughout, sampled positions at the bottom and -inf scores."""
+    rng = np.random.default_rng(top_k)
+    scores = (rng.standard_normal((5, GPT2_VOCAB)) * 3).astype(np.float32)
+    scores[1] = np.round(scores[1])
+    scores[2, ::16] = -50.0
+    scores[3, :] = 0.0
+    scores[4, 100:] = -np.inf  # fewer finite scores than some of the k
+    top = TopK(top_k)
+    for row in scores:
+        kept = top.kept(row)
+        assert np.all(np.diff(kept) > 0)
+        filtered = top([np.array([1])], row[None, :].copy())[0]
+        was_finite = np.isfinite(row)
+        assert np.array_equal(np.isfinite(filtered), np.isin(np.arange(GPT2_VOCAB), kept) & was_finite)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), top_k=st.one_of(st.just(0), st.integers(1, 600), st.just(GPT2_VOCAB)),
+       top_p=st.one_of(st.just(1.0), st.floats(0.05, 1.0)), temperature=st.floats(0.3, 2.0),
+       penalty=st.one_of(st.just(1.0), st.floats(0.5, 2.0)), ngram=st.integers(0, 3), ties=st.booleans())
+def test_sample_rows_draws_what_the_processors_and_a_whole_row_draw_do(seed, top_k, top_p, temperature,
+                                                                       penalty, ngram, ties):
+    """The batched draw, which after TopK looks only at the kept scores, picks for every row the token
+    that apply_processors() over the whole row and then sample() pick from the same random numbers."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((3, GPT2_VOCAB)) * 4).astype(np.float32)
+    if ties:
+        scores = np.round(scores)
+    ids = [rng.integers(0, GPT2_VOCAB, size=n) for n in (1, 6, 12)]
+    ids[2][6:] = ids[2][:6]  # a repeated stretch, so that n-grams are banned
+    config = GenerationConfig(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=penalty,
+                              no_repeat_ngram_size=ngram, max_new_tokens=1)
+    processors = build_processors(config)
+    streams = [[seed, row] for row in range(3)]
+    processed = apply_processors(processors, ids, scores.copy())
+    ours_rngs = [np.random.default_rng(s) for s in streams]
+    reference_rngs = [np.random.default_rng(s) for s in streams]
+    for _ in range(10):
+        assert sample_rows(processors, ids, scores.copy(), ours_rngs).tolist() == [
+            sample(row, r) for row, r in zip(processed, reference_rngs)]
+
+
+def test_sample_rows_refuses_a_processor_after_top_k_that_reads_positions():
+    from chatbot_llm.runtime.processors import RepetitionPenalty
+
+    with pytest.raises(ValueError, match="only TopP"):
+        sample_rows([TopK(5), RepetitionPenalty(1.2)], [np.array([1])], np.zeros((1, 100), np.float32),
+                    [np.random.default_rng(0)])

@@ -18,7 +18,7 @@ import numpy as np
 
 from chatbot_llm.config import GenerationConfig
 from chatbot_llm.runtime.onnx_model import OnnxCausalLM
-from chatbot_llm.runtime.processors import apply_processors, build_processors, sample
+from chatbot_llm.runtime.processors import apply_processors, build_processors, sample_rows
 
 # Called with (row, token id) for each token as it is generated; the row indexes the prompt list.
 # A true return value ends that row there (a stop string was met).
@@ -129,15 +129,13 @@ class Generator:
             logits = joined if logits is None else np.concatenate([logits, joined])
             self.active = np.concatenate([self.active, joining])
         rows = self.active
-        scores = logits
-        if self.processors:  # only they read the rows' tokens
-            scores = apply_processors(self.processors, [self.sequences[r][: self.lengths[r]] for r in rows], logits)
+        ids = [self.sequences[r][: self.lengths[r]] for r in rows] if self.processors else []  # only they read them
         if self.argmax_on_device:
             tokens = self.cache.next_tokens()
         elif self.config.do_sample:
-            tokens = np.array([sample(s, self.rngs[r]) for r, s in zip(rows, scores)], np.int64)
+            tokens = sample_rows(self.processors, ids, logits, [self.rngs[r] for r in rows])
         else:
-            tokens = scores.argmax(axis=-1)
+            tokens = apply_processors(self.processors, ids, logits).argmax(axis=-1)
         now = time.perf_counter()
         keep = np.ones(len(rows), bool)
         for i, (row, token) in enumerate(zip(rows, tokens)):

@@ -82,22 +82,38 @@ class TopK:
             row[row < kth_largest(row, k)] = NEG_INF
         return scores
 
+    def kept(self, row: np.ndarray) -> np.ndarray:
+        """The positions, ascending, of the scores that __call__ leaves in a row (the others it sets
+        to -inf), from one pass over the row."""
+        vocab = len(row)
+        k = min(max(self.top_k, 1), vocab)
+        candidates = top_candidates(row, k)
+        if candidates is None:
+            return np.flatnonzero(row >= kth_largest(row, k))
+        values = row[candidates]
+        return candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
 
-def kth_largest(row: np.ndarray, k: int, stride: int = 16) -> np.float32:
-    """The k-th largest value of a row, exactly, without a selection over the whole vocabulary.
 
-    The k-th largest of every stride-th score is a lower bound with at least k scores of the row
-    at or above it (they include the sample's own top k), so the k-th largest of the row is the
-    k-th largest of those few candidates: a compare over the row and a selection over ~stride x k
-    values, instead of a selection over 50,257.
-    """
-    vocab = len(row)
+def top_candidates(row: np.ndarray, k: int, stride: int = 16) -> np.ndarray | None:
+    """Positions, ascending, of a few scores among which are the row's k largest and every score
+    tied with the k-th: those at or above the k-th largest of every stride-th score, a lower bound
+    that at least k scores reach (the sample's own top k). None where k is large enough that a
+    selection over the whole row is as quick."""
     sample = row[::stride]
-    if k * stride * 4 > vocab or len(sample) < k:  # large k: the plain selection is as quick
-        return np.partition(row, vocab - k)[vocab - k]
+    if k * stride * 4 > len(row) or len(sample) < k:
+        return None
     bound = np.partition(sample, len(sample) - k)[len(sample) - k]
-    candidates = row[row >= bound]
-    return np.partition(candidates, len(candidates) - k)[len(candidates) - k]
+    return np.flatnonzero(row >= bound)
+
+
+def kth_largest(row: np.ndarray, k: int) -> np.float32:
+    """The k-th largest value of a row, exactly, without a selection over the whole vocabulary:
+    the k-th largest of top_candidates(), a selection over ~stride x k values instead of 50,257."""
+    candidates = top_candidates(row, k)
+    if candidates is None:  # large k: the plain selection
+        return np.partition(row, len(row) - k)[len(row) - k]
+    values = row[candidates]
+    return np.partition(values, len(values) - k)[len(values) - k]
 
 
 class TopP:
@@ -162,3 +178,26 @@ def sample(scores: np.ndarray, rng: np.random.Generator) -> int:
     index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     # rounding can put the draw at the very end: fall back to the last token with mass
     return int(live[min(index, len(live) - 1)])
+
+
+def sample_rows(processors: list, ids: Sequence[np.ndarray], scores: np.ndarray,
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """Each row's draw: the token that apply_processors() and then sample() give, from the same
+    random numbers, with less work. From a TopK on, a row is only the scores it kept (a few dozen
+    of 50,257, in vocabulary order): the processors after it (TopP, which reads scores only) and
+    the draw see the same finite scores in the same order as in the whole row, so they give the
+    same result without another pass over the vocabulary."""
+    cut = next((i for i, p in enumerate(processors) if isinstance(p, TopK)), None)
+    if cut is None:
+        scores = apply_processors(processors, ids, scores)
+        return np.array([sample(row, rng) for row, rng in zip(scores, rngs)], np.int64)
+    top_k, after = processors[cut], processors[cut + 1 :]
+    if not all(isinstance(p, TopP) for p in after):
+        raise ValueError("sample_rows: only TopP may follow TopK (it reads scores, not their positions)")
+    scores = apply_processors(processors[:cut], ids, scores)
+    tokens = np.empty(len(scores), np.int64)
+    for r, (row, rng) in enumerate(zip(scores, rngs)):
+        kept = top_k.kept(row)
+        values = apply_processors(after, ids[r : r + 1], row[kept][None, :])[0]
+        tokens[r] = kept[sample(values, rng)]
+    return tokens
