@@ -279,3 +279,35 @@ def test_a_stream_interval_sends_fewer_larger_events_with_the_same_text(exports,
         assert len(texts) == 2  # the first text, then all the rest with the end
     else:
         assert len(texts) >= 6  # a token's text at a time
+
+
+def test_a_busy_batch_takes_joining_rows_a_few_at_a_time_and_an_idle_one_at_once():
+    """Each join is a forward pass of its own: while the batch is nearly full, waiting rows join
+    join_min at a time, held back at most JOIN_WAIT steps; with room to spare they join at once."""
+    from types import SimpleNamespace
+
+    from chatbot_llm.serve.scheduler import Scheduler
+
+    scheduler = Scheduler(max_batch=32)
+    assert scheduler.join_min == 4
+
+    class Waiting:
+        cancelled = False
+
+        def can_join(self):
+            return True
+
+    def admit(live: int, waiting: int) -> int:
+        scheduler._batches = [SimpleNamespace(live=lambda: live)] if live else []
+        scheduler._waiting.extend(Waiting() for _ in range(waiting))
+        taken = scheduler._admit()
+        scheduler._waiting.clear()
+        return len(taken)
+
+    assert admit(live=31, waiting=40) == 0  # one free row: it waits for more room
+    assert [admit(live=31, waiting=40) for _ in range(Scheduler.JOIN_WAIT - 1)] == [0] * (Scheduler.JOIN_WAIT - 1)
+    assert admit(live=31, waiting=40) == 1  # but not longer than JOIN_WAIT steps
+    assert admit(live=28, waiting=40) == 4  # room for join_min rows: they join together
+    assert admit(live=31, waiting=1) == 1  # nobody else waits: no reason to hold it
+    assert admit(live=10, waiting=1) == 1  # light load: at once
+    assert admit(live=0, waiting=40) == 32  # an empty batch starts full

@@ -110,6 +110,8 @@ class _Batch:
 
 class Scheduler:
     ROWS_PER_GENERATOR = 1024  # then a fresh Generator takes the newcomers: finished rows' state is let go
+    JOIN_FRACTION = 8  # joining rows come max_batch // JOIN_FRACTION at a time while the batch is busy
+    JOIN_WAIT = 4  # steps at most that free room waits for more rows to join it
 
     def __init__(self, max_batch: int = 32, max_queue: int = 256, stream_interval: float = 0.0):
         """stream_interval: seconds a row's text may wait to go out with the next token's (0: every
@@ -117,6 +119,10 @@ class Scheduler:
         self.stream_interval = stream_interval
         self.max_batch, self.max_queue = max_batch, max_queue
         self.admit_min = max(1, max_batch // 4)  # for rows that cannot join a running Generator
+        # rows that join a running Generator join join_min or more at a time while the batch is nearly
+        # full, waiting at most JOIN_WAIT steps for the room: each join is a forward pass of its own
+        self.join_min = max(1, max_batch // self.JOIN_FRACTION)
+        self._held = 0  # steps the waiting rows have been held back so far
         self._lock = threading.Condition()
         self._waiting: deque[Row] = deque()
         self._batches: list[_Batch] = []  # the worker's own
@@ -182,6 +188,12 @@ class Scheduler:
         live = sum(b.live() for b in self._batches)
         free = self.max_batch - live
         taken = []
+        if (live and 0 < free < self.join_min and len(self._waiting) > free and self._held < self.JOIN_WAIT
+                and self._waiting[0].can_join()):
+            self._held += 1  # a join pass for one or two rows costs nearly what it costs for a few more
+            self._live_rows = live
+            return taken
+        self._held = 0
         while self._waiting and len(taken) < free:
             row = self._waiting[0]
             if not row.cancelled and live and free < self.admit_min and not row.can_join():
