@@ -174,10 +174,12 @@ def load_text_generator(
     on_warning: Callable[[str], None] | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    spinning: bool = True,
 ) -> "TextGenerator":
     """A model ready to generate text on the chosen backend and device, exported first if need be.
 
-    variant None: opt on the CPU, fp16 on CUDA. threads: onnxruntime's intra-op threads (default: its own).
+    variant None: opt on the CPU, fp16 on CUDA. threads: onnxruntime's intra-op threads (default: its own);
+    spinning: whether they busy-wait between passes (see OnnxCausalLM).
     """
     from functools import partial
 
@@ -199,7 +201,8 @@ def load_text_generator(
         on_stage(f"loading {folder}")
         config = read_model_config(folder)
         eos, context = eos_and_context(config)
-        model = OnnxCausalLM(folder / "model.onnx", device=device, threads=threads, on_stage=on_stage)
+        model = OnnxCausalLM(folder / "model.onnx", device=device, threads=threads, on_stage=on_stage,
+                             spinning=spinning)
         run = partial(generate_ids, model, eos_token_id=eos, context_length=context)
     else:
         if ref.checkpoint is None:

@@ -74,7 +74,9 @@ def serve(models: tuple[str, ...], variant: str | None, device: str, host: str, 
     served = {}
     for ref in refs:
         with err.status(f"preparing {ref.name} (onnx, {variant})"):
-            tg = load_text_generator(ref, "onnx", variant, on_stage=stage, on_warning=warn, device=device)
+            # no busy-waiting threads: the event loop and the clients' connections need the cores too
+            tg = load_text_generator(ref, "onnx", variant, on_stage=stage, on_warning=warn, device=device,
+                                     spinning=False)
         served[ref.name] = ServedModel(ref.name, tg, defaults[ref.name])
     settings = ServerSettings(served, Scheduler(max_batch=max_batch, max_queue=max_queue,
                                                   stream_interval=stream_interval / 1000), chat_template,

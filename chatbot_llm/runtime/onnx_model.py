@@ -60,11 +60,13 @@ class OnnxCausalLM:
 
     def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None,
                  io_binding: bool | None = None, on_stage: Callable[[str], None] = lambda m: None,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, spinning: bool = True):
         """device: cpu, cuda or auto. io_binding (default: on CUDA) keeps the KV cache where the
         session computed it between steps; only the last position's logits come back to the host.
         cuda_graph (default: on CUDA for an fp16 export of the CUDA layout, unless the environment's
-        CHATBOT_LLM_CUDA_GRAPH is 0): capture a decode step once per buffer set and replay it."""
+        CHATBOT_LLM_CUDA_GRAPH is 0): capture a decode step once per buffer set and replay it.
+        spinning: onnxruntime's intra-op threads busy-wait for the next work (its default), which a
+        process that does nothing else between passes can afford; a server cannot (serve passes False)."""
         from chatbot_llm.runtime.device import providers_for, resolve_device, started_on
 
         options = ort.SessionOptions()
@@ -72,6 +74,8 @@ class OnnxCausalLM:
         options.log_severity_level = 3  # errors only: load-time notes are not the user's business
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         resolved = resolve_device(device, on_stage)
         manifest = _manifest_next_to(model_path)
         if resolved == "cuda" and manifest.get("variant") in CPU_VARIANTS:
