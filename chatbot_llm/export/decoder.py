@@ -31,8 +31,8 @@ Two layouts of the same graph:
   (the first of equal maxima), so greedy decoding copies one integer per row back to the host
   instead of the whole vocabulary.
 Both use opset 18 for the default domain: every op then resolves to a version the CUDA provider
-has had kernels for since long before 1.31 (Cast-21 and Reshape-21 are newer), and ReduceMax-18
-(int8) still takes its axes as an input.
+has had kernels for since long before 1.31 (Cast-21 and Reshape-21 are newer). The int8 variant,
+which runs on the CPU provider only, moves to opset 21 for its blocked QuantizeLinear (export/graph.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from chatbot_llm.export.decoder import MS as MS_DOMAIN
 
+INT8_OPSET = 21  # blocked QuantizeLinear (one scale per row of the activations)
 
 
 def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
@@ -30,17 +31,19 @@ def per_row_int8(model: onnx.ModelProto) -> int:
     kernels (int8 x int8 runs a slow reference path on the CPU, measured ~50x slower).
 
     W: int8, symmetric, one scale per output column (once, here). x: one scale per row, max |x| of
-    the row / 127, quantized to round(x / scale) + 128 at run time. A row's scale depends on that
+    the row / 127, quantized to round(x / scale) + 128 at run time by one blocked QuantizeLinear
+    (opset 21: a block as long as the row, so one scale per row). A row's scale depends on that
     row alone, so its result does not change with its batch neighbours (one scale per tensor, as
     DynamicQuantizeMatMul uses, would); and integer sums are exact, so the GEMM kernel's blocking,
-    which depends on the batch size, cannot change them either.
+    which depends on the batch size, cannot change them either. The model's default-domain opset
+    becomes 21 (the int8 variant runs on the CPU provider only, which has QuantizeLinear-21).
     """
     graph = model.graph
     graph.initializer.extend([
         numpy_helper.from_array(np.array([-1], np.int64), "int8/last_axis"),
         numpy_helper.from_array(np.array(1 / 127, np.float32), "int8/inv127"),
         numpy_helper.from_array(np.array(1e-30, np.float32), "int8/tiny"),
-        numpy_helper.from_array(np.array(128.5, np.float32), "int8/offset"),  # +128, and round half up
+        numpy_helper.from_array(np.array(128, np.uint8), "int8/offset"),
         numpy_helper.from_array(np.array([1.0], np.float32), "int8/one"),
         numpy_helper.from_array(np.array([128], np.uint8), "int8/zero_point"),
     ])
@@ -60,10 +63,14 @@ def per_row_int8(model: onnx.ModelProto) -> int:
             helper.make_node("ReduceMax", [f"{p}/abs", "int8/last_axis"], [f"{p}/max"], name=f"{p}/max", keepdims=1),
             helper.make_node("Mul", [f"{p}/max", "int8/inv127"], [f"{p}/s"], name=f"{p}/s"),
             helper.make_node("Max", [f"{p}/s", "int8/tiny"], [f"{p}/x_scale"], name=f"{p}/x_scale"),
-            helper.make_node("Div", [x, f"{p}/x_scale"], [f"{p}/xs"], name=f"{p}/xs"),
-            helper.make_node("Add", [f"{p}/xs", "int8/offset"], [f"{p}/xo"], name=f"{p}/xo"),
-            # float -> uint8 truncates, and the values are in [1.5, 255.5]: round(x / scale) + 128
-            helper.make_node("Cast", [f"{p}/xo"], [f"{p}/x_uint8"], name=f"{p}/x_uint8", to=TensorProto.UINT8),
+            # the zero point has the scale's shape (x's, with 1 for the last axis), as blocked
+            # quantization wants: 128 everywhere
+            helper.make_node("Shape", [f"{p}/x_scale"], [f"{p}/scale_shape"], name=f"{p}/scale_shape"),
+            helper.make_node("Expand", ["int8/offset", f"{p}/scale_shape"], [f"{p}/x_zero_point"],
+                             name=f"{p}/x_zero_point"),
+            # round(x / scale) + 128 (half to even), in [1, 255]; one block per row
+            helper.make_node("QuantizeLinear", [x, f"{p}/x_scale", f"{p}/x_zero_point"], [f"{p}/x_uint8"],
+                             name=f"{p}/x_uint8", axis=-1, block_size=int(w.shape[0])),
             helper.make_node("MatMulIntegerToFloat", [f"{p}/x_uint8", f"{weight.name}.int8", "int8/one",
                                                       f"{weight.name}.scale", "int8/zero_point"],
                              [f"{p}/y_rows"], name=f"{p}/int8", domain=MS_DOMAIN),
@@ -76,6 +83,9 @@ def per_row_int8(model: onnx.ModelProto) -> int:
         graph.initializer.remove(weight)
         count += 1
     _ensure_ms_opset(model)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, INT8_OPSET)
     return count
 
 

@@ -24,7 +24,9 @@ FORMAT_VERSION = 1
 #    int8 is per-row int8 activations on the integer GEMM.
 # 4: opset 18; fp16 is the CUDA provider's layout (no query_seqlens, which onnxruntime-gpu 1.31 lacks;
 #    a next_token output) and runs with CUDA graphs (runtime/static_kv.py).
-RECIPE = 4
+# 5: int8 quantizes its activations with one blocked QuantizeLinear per MatMul (opset 21) instead of
+#    Div, Add and Cast: 3.6% more tokens/s at batch 32 on GPT-2-124M.
+RECIPE = 5
 MODEL_FILE = "model.onnx"
 VARIANTS = ("fp32", "opt", "int8", "int4", "fp16")  # what export_checkpoint can make; see export/pipeline.py
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
