@@ -5,7 +5,8 @@
 
 The bench is `chatbot-llm bench` with the issue's settings on the random GPT-2-124M shape: every
 backend in its own process, one after the other on the same machine, batch sizes 1, 8 and 32,
-20-token prompts, 64 greedy new tokens, median of 5 after a warm-up. CTranslate2 joins when the
+20-token prompts, 64 greedy new tokens, median of 3 after a warm-up, and the whole list of backends
+three times over (each figure the median of the three rounds). CTranslate2 joins when the
 `ctranslate2` package is installed (it is a comparator, not a dependency). The results go to
 benchmarks/results/bench_gpt2-124m_KIND.json and .png, one pair per machine kind (amd-epyc,
 intel-xeon: ratios measured on one do not carry to the other), beside gemv_bandwidth_KIND.json from
@@ -25,7 +26,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 QUALITY = {"dream_gpt2": RESULTS / "int8_quality_dream.json", "email_gpt2": RESULTS / "int8_quality_email.json"}
 START, END = "<!-- perf:start (benchmarks/perf_report.py writes this section) -->", "<!-- perf:end -->"
 COMMAND = ("chatbot-llm bench --shape gpt2-124m --backends {backends} --batch-sizes 1,8,32 --prompt-tokens 20 "
-           "--new-tokens 64 --repeats 5 --cli-path")
+           "--new-tokens 64 --repeats 3 --rounds 3 --cli-path")
 
 
 def machine_kind(cpu: str) -> str:
@@ -50,7 +51,7 @@ def run(backends: list[str]) -> dict:
     from chatbot_llm.models import resolve_model
 
     ref = resolve_model(str(shape_checkpoint("gpt2-124m", ROOT)))
-    report = run_bench(ref, backends, [1, 8, 32], 20, 64, 5, on_backend=lambda b: print(f"bench: {b}", flush=True),
+    report = run_bench(ref, backends, [1, 8, 32], 20, 64, 3, rounds=3, on_backend=lambda b: print(f"bench: {b}", flush=True),
                        cli_path=True)
     report["command"] = COMMAND.format(backends=",".join(backends))
     report["model"] = "checkpoints/gpt2-124m (random weights, GPT-2 small shape, seed 0)"
@@ -105,7 +106,9 @@ def machine_table(kind: str, report: dict, gemv: dict | None) -> list[str]:
         f"### {m['cpu']} ({kind})", "",
         f"Measured {report['date']} ({m['cores']} cores, {m['memory_gb']} GB), "
         f"{m['versions'].get('onnxruntime')}, torch {m['versions'].get('torch')}"
-        + (f", ctranslate2 {m['versions']['ctranslate2']}" if "ctranslate2" in m["versions"] else "") + ", with",
+        + (f", ctranslate2 {m['versions']['ctranslate2']}" if "ctranslate2" in m["versions"] else "")
+        + (f", {report['settings']['repeats']} repeats in each of {report['settings']['rounds']} rounds"
+           if report["settings"].get("rounds", 1) > 1 else f", median of {report['settings']['repeats']}") + ", with",
         "", f"    {report['command']}", "",
         "| backend | ms/token (p95) | vs torch | first token ms | tok/s b1 | tok/s b8 | tok/s b32 "
         "| b32 vs torch loop | peak RSS MB b1 (vs torch) | disk MB | greedy = torch, b32 | batch path ms/token |",
@@ -147,7 +150,8 @@ def section(reports: list[tuple[str, dict, dict | None]], quality: dict[str, dic
         START, "",
         "Every figure below comes from one `bench` run per machine kind: each backend in its own process, one",
         "after the other on the same machine, on checkpoints/gpt2-124m (random weights, GPT-2 small shape,",
-        "seed 0); every figure is a median of 5 after a warm-up. ms/token is a decode step (batch 1) after the",
+        "seed 0); every figure is a median of the repeats after a warm-up, and where the run went over the list of",
+        "backends several times (`--rounds`), the median of the rounds. ms/token is a decode step (batch 1) after the",
         "first token; tok/s is generated tokens per second of wall time at that batch size, prefill included;",
         "batch path is ms/token through the code `batch --batch-size 1` runs, with the model's own sampling",
         "defaults (tokenizer, processors, sampler and decoding included). Every backend ran with the same",

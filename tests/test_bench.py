@@ -42,7 +42,7 @@ def test_bench_json_holds_every_figure(smoke, tiny_checkpoint):
     from chatbot_llm.bench.run import default_threads
 
     assert report["settings"] == {"batch_sizes": [1, 3], "prompt_tokens": 20, "new_tokens": 2, "repeats": 1,
-                                  "threads": default_threads(), "device": "cpu", "cli_path": True}
+                                  "rounds": 1, "threads": default_threads(), "device": "cpu", "cli_path": True}
     assert report["machine"]["versions"]["onnxruntime"].startswith("onnxruntime ")  # the module imported
     assert report["model"] == str(tiny_checkpoint) and report["machine"]["cores"] >= 1
     assert list(report["results"]) == BACKENDS
@@ -94,6 +94,37 @@ def test_ct2_backends_say_how_to_install_when_missing(tiny_checkpoint, tmp_path)
                              "--backends", "ct2-int8"], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 2 and "pip install ctranslate2" in error_lines(result)[0], result.stderr
+
+
+def test_rounds_run_every_backend_again_and_report_the_median_of_each_figure(tiny_checkpoint, exports, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--model", str(tiny_checkpoint), "--backends", "onnx-opt,onnx-int8", "--new-tokens", "3",
+                     "--repeats", "1", "--rounds", "3", "--batch-sizes", "1,2", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "then of 3 rounds" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["settings"]["rounds"] == 3
+    for figures in report["results"].values():
+        rounds = figures["rounds"]
+        assert len(rounds) == 3
+        assert figures["decode_ms_median"] == sorted(r["decode_ms_median"] for r in rounds)[1]
+        for size in ("1", "2"):
+            assert figures["throughput"][size] == sorted(r["throughput"][size] for r in rounds)[1]
+
+
+def test_merged_rounds_keep_the_highest_memory_and_the_first_outputs():
+    from chatbot_llm.bench.run import ROUND_MEDIANS, merge_rounds
+
+    def worker(ms: float, rss: float, tokens: list[int]) -> dict:
+        return {**{key: ms for key in ROUND_MEDIANS}, "throughput": {"1": 1000 / ms}, "peak_rss_mb": rss,
+                "peak_rss_all_mb": rss + 1, "outputs": {"1": [tokens]}, "cli_path": {"ms_per_token": ms, "prompts": 1}}
+
+    merged = merge_rounds([worker(4.0, 200, [1, 2]), worker(9.0, 180, [1, 2]), worker(5.0, 210, [1, 2])])
+    assert merged["decode_ms_median"] == 5.0 and merged["first_token_ms"] == 5.0
+    assert merged["throughput"]["1"] == 200.0 and merged["cli_path"]["ms_per_token"] == 5.0
+    assert merged["peak_rss_mb"] == 210 and merged["peak_rss_all_mb"] == 211
+    assert merged["outputs"] == {"1": [[1, 2]]} and len(merged["rounds"]) == 3
+    assert merge_rounds([worker(4.0, 200, [3])]) == worker(4.0, 200, [3])  # one round: as the worker said
 
 
 def test_greedy_agreement_counts_rows_and_the_shared_prefix():

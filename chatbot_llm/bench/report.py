@@ -13,7 +13,8 @@ def table(report: dict) -> Table:
     settings = report["settings"]
     sizes = [str(s) for s in settings["batch_sizes"]]
     title = (f"{report['model']}: {settings['prompt_tokens']}-token prompts, {settings['new_tokens']} greedy "
-             f"new tokens, median of {settings['repeats']}")
+             f"new tokens, median of {settings['repeats']}"
+             + (f", then of {settings['rounds']} rounds" if settings.get("rounds", 1) > 1 else ""))
     caption = f"{device_words(report)}, {report['date']}"
     out = Table(title=title, caption=caption)
     for column in ("backend", "load s", "first token ms", "ms/token", "p95 ms", "vs torch"):

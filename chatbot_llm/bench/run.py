@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 from typing import Callable
 
 from chatbot_llm.errors import ChatbotError, UsageError
@@ -179,21 +180,54 @@ def check_fits(ref, prompt_tokens: int, new_tokens: int) -> Path:
     return folder
 
 
+# a worker's timings: over several rounds each becomes the median of the rounds' figures
+ROUND_MEDIANS = ("load_seconds", "first_token_ms", "decode_ms_median", "decode_ms_p95", "per_token_ms",
+                 "tokens_per_second")
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One backend's figures from its rounds: each timing the median of the rounds' (the throughput of
+    each batch size and the batch path's ms/token too), peak memory the highest, the outputs the first
+    round's (greedy decoding gives the same tokens each time), and every round's decode step and
+    throughput kept under "rounds" so that the spread shows."""
+    merged = dict(rounds[0])
+    if len(rounds) == 1:
+        return merged
+    for key in ROUND_MEDIANS:
+        merged[key] = float(median([r[key] for r in rounds]))
+    merged["throughput"] = {size: float(median([r["throughput"][size] for r in rounds]))
+                            for size in rounds[0]["throughput"]}
+    for key in ("peak_rss_mb", "peak_rss_all_mb"):
+        merged[key] = max(r[key] for r in rounds)
+    if rounds[0].get("cli_path"):
+        merged["cli_path"] = {**rounds[0]["cli_path"],
+                              "ms_per_token": float(median([r["cli_path"]["ms_per_token"] for r in rounds]))}
+    merged["rounds"] = [{"decode_ms_median": r["decode_ms_median"], "throughput": r["throughput"]} for r in rounds]
+    return merged
+
+
 def run_bench(ref, backends: list[str], batch_sizes: list[int], prompt_tokens: int, new_tokens: int,
               repeats: int, threads: int | None = None, on_stage: Callable[[str], None] = lambda m: None,
-              on_backend: Callable[[str], None] = lambda b: None, device: str = "cpu", cli_path: bool = False) -> dict:
+              on_backend: Callable[[str], None] = lambda b: None, device: str = "cpu", cli_path: bool = False,
+              rounds: int = 1) -> dict:
     """device: "cpu" or "cuda" (already resolved); every backend runs there, the CTranslate2 ones too.
-    cli_path: also time each of our backends through the code `batch` runs, with the model's defaults."""
+    cli_path: also time each of our backends through the code `batch` runs, with the model's defaults.
+    rounds: run the whole list of backends this many times, one after the other, and report each
+    figure's median over the rounds: on a shared host a slow minute then hits one round of every
+    backend instead of all the repeats of one."""
     folder = check_fits(ref, prompt_tokens, new_tokens)
     prepared = prepare(ref, backends, on_stage)
     settings = {"batch_sizes": batch_sizes, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                "repeats": repeats, "threads": threads or default_threads(), "device": device,
+                "repeats": repeats, "rounds": rounds, "threads": threads or default_threads(), "device": device,
                 "cli_path": cli_path}
-    results = {}
-    for backend in backends:
-        on_backend(backend)
-        spec = {"backend": backend, **prepared[backend], **settings}
-        results[backend] = {**run_worker(spec), "disk_mb": prepared[backend]["disk_mb"]}
+    runs: dict[str, list[dict]] = {backend: [] for backend in backends}
+    for _ in range(rounds):
+        for backend in backends:
+            on_backend(backend)
+            spec = {"backend": backend, **prepared[backend], **{k: v for k, v in settings.items() if k != "rounds"}}
+            runs[backend].append(run_worker(spec))
+    results = {backend: {**merge_rounds(runs[backend]), "disk_mb": prepared[backend]["disk_mb"]}
+               for backend in backends}
     largest = str(max(batch_sizes))
     outputs = {name: result.pop("outputs") for name, result in results.items()}
     torch = results.get("torch")

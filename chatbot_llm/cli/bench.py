@@ -27,6 +27,10 @@ from chatbot_llm.errors import UsageError
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--new-tokens", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the list of backends this many times over and report each figure's median over the "
+                   "rounds (on a shared host a slow minute then costs one round of every backend, not one "
+                   "backend's all).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads for every backend alike (default: the cores this process may use).")
 @click.option("--cli-path", is_flag=True,
@@ -36,7 +40,7 @@ from chatbot_llm.errors import UsageError
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
 @device_option
 def bench(model: str | None, shape: str | None, backends: str | None, batch_sizes: str, prompt_tokens: int,
-          new_tokens: int, repeats: int, threads: int | None, cli_path: bool, json_file: Path | None,
+          new_tokens: int, repeats: int, rounds: int, threads: int | None, cli_path: bool, json_file: Path | None,
           plot_file: Path | None, device: str) -> None:
     """Speed, memory and agreement of every backend on one checkpoint, each in its own process."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -77,19 +81,20 @@ def bench(model: str | None, shape: str | None, backends: str | None, batch_size
     check_fits(ref, prompt_tokens, new_tokens)
     with Progress(TextColumn("[bold]bench[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err) as bar:
-        task = bar.add_task("preparing", total=len(names))
+        task = bar.add_task("preparing", total=len(names) * rounds)
         started: list[str] = []
 
         def on_backend(name: str) -> None:
             if started:
                 bar.advance(task)
             started.append(name)
-            bar.update(task, description=name)
+            bar.update(task, description=name if rounds == 1 else
+                       f"{name} (round {(len(started) - 1) // len(names) + 1} of {rounds})")
 
         report = run_bench(ref, names, sizes, prompt_tokens, new_tokens, repeats, threads,
                            on_stage=lambda m: bar.update(task, description=m), on_backend=on_backend,
-                           device=device, cli_path=cli_path)
-        bar.update(task, completed=len(names), description="done")
+                           device=device, cli_path=cli_path, rounds=rounds)
+        bar.update(task, completed=len(names) * rounds, description="done")
     console = Console()
     if not console.is_terminal:  # piped or logged: no terminal width to wrap the wide table into
         console = Console(width=200)
