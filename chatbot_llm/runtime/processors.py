@@ -76,44 +76,38 @@ class TopK:
         self.top_k = top_k
 
     def __call__(self, ids: Sequence[np.ndarray], scores: np.ndarray) -> np.ndarray:
-        vocab = scores.shape[-1]
-        k = min(max(self.top_k, 1), vocab)
         for row in scores:
-            row[row < kth_largest(row, k)] = NEG_INF
+            row[row < self.threshold(row)[0]] = NEG_INF
         return scores
 
     def kept(self, row: np.ndarray) -> np.ndarray:
         """The positions, ascending, of the scores that __call__ leaves in a row (the others it sets
         to -inf), from one pass over the row."""
-        vocab = len(row)
-        k = min(max(self.top_k, 1), vocab)
-        candidates = top_candidates(row, k)
-        if candidates is None:
-            return np.flatnonzero(row >= kth_largest(row, k))
-        values = row[candidates]
-        return candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
+        kth, candidates = self.threshold(row)
+        return np.flatnonzero(row >= kth) if candidates is None else candidates[row[candidates] >= kth]
+
+    def threshold(self, row: np.ndarray) -> tuple[np.float32, np.ndarray | None]:
+        """kth_largest() of the row for this k (at least 1, at most the row's length)."""
+        return kth_largest(row, min(max(self.top_k, 1), len(row)))
 
 
-def top_candidates(row: np.ndarray, k: int, stride: int = 16) -> np.ndarray | None:
-    """Positions, ascending, of a few scores among which are the row's k largest and every score
-    tied with the k-th: those at or above the k-th largest of every stride-th score, a lower bound
-    that at least k scores reach (the sample's own top k). None where k is large enough that a
-    selection over the whole row is as quick."""
+def kth_largest(row: np.ndarray, k: int, stride: int = 16) -> tuple[np.float32, np.ndarray | None]:
+    """The k-th largest value of a row, exactly, without a selection over the whole vocabulary, and
+    the positions (ascending) of the candidates it was chosen from, which hold every score at or
+    above it; None for them where k is large enough that the plain selection is as quick.
+
+    The k-th largest of every stride-th score is a lower bound with at least k scores of the row
+    at or above it (they include the sample's own top k), so the k-th largest of the row is the
+    k-th largest of those few candidates: a compare over the row and a selection over ~stride x k
+    values, instead of a selection over 50,257.
+    """
     sample = row[::stride]
     if k * stride * 4 > len(row) or len(sample) < k:
-        return None
+        return np.partition(row, len(row) - k)[len(row) - k], None
     bound = np.partition(sample, len(sample) - k)[len(sample) - k]
-    return np.flatnonzero(row >= bound)
-
-
-def kth_largest(row: np.ndarray, k: int) -> np.float32:
-    """The k-th largest value of a row, exactly, without a selection over the whole vocabulary:
-    the k-th largest of top_candidates(), a selection over ~stride x k values instead of 50,257."""
-    candidates = top_candidates(row, k)
-    if candidates is None:  # large k: the plain selection
-        return np.partition(row, len(row) - k)[len(row) - k]
+    candidates = np.flatnonzero(row >= bound)
     values = row[candidates]
-    return np.partition(values, len(values) - k)[len(values) - k]
+    return np.partition(values, len(values) - k)[len(values) - k], candidates
 
 
 class TopP:
