@@ -43,7 +43,6 @@ def per_row_int8(model: onnx.ModelProto) -> int:
         numpy_helper.from_array(np.array([-1], np.int64), "int8/last_axis"),
         numpy_helper.from_array(np.array(1 / 127, np.float32), "int8/inv127"),
         numpy_helper.from_array(np.array(1e-30, np.float32), "int8/tiny"),
-        numpy_helper.from_array(np.array(128, np.uint8), "int8/offset"),
         numpy_helper.from_array(np.array([1.0], np.float32), "int8/one"),
         numpy_helper.from_array(np.array([128], np.uint8), "int8/zero_point"),
     ])
@@ -64,9 +63,9 @@ def per_row_int8(model: onnx.ModelProto) -> int:
             helper.make_node("Mul", [f"{p}/max", "int8/inv127"], [f"{p}/s"], name=f"{p}/s"),
             helper.make_node("Max", [f"{p}/s", "int8/tiny"], [f"{p}/x_scale"], name=f"{p}/x_scale"),
             # the zero point has the scale's shape (x's, with 1 for the last axis), as blocked
-            # quantization wants: 128 everywhere
+            # quantization wants: the integer GEMM's zero point, 128, everywhere
             helper.make_node("Shape", [f"{p}/x_scale"], [f"{p}/scale_shape"], name=f"{p}/scale_shape"),
-            helper.make_node("Expand", ["int8/offset", f"{p}/scale_shape"], [f"{p}/x_zero_point"],
+            helper.make_node("Expand", ["int8/zero_point", f"{p}/scale_shape"], [f"{p}/x_zero_point"],
                              name=f"{p}/x_zero_point"),
             # round(x / scale) + 128 (half to even), in [1, 255]; one block per row
             helper.make_node("QuantizeLinear", [x, f"{p}/x_scale", f"{p}/x_zero_point"], [f"{p}/x_uint8"],
