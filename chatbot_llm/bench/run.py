@@ -224,7 +224,7 @@ def run_bench(ref, backends: list[str], batch_sizes: list[int], prompt_tokens: i
     for _ in range(rounds):
         for backend in backends:
             on_backend(backend)
-            spec = {"backend": backend, **prepared[backend], **{k: v for k, v in settings.items() if k != "rounds"}}
+            spec = {"backend": backend, **prepared[backend], **settings}
             runs[backend].append(run_worker(spec))
     results = {backend: {**merge_rounds(runs[backend]), "disk_mb": prepared[backend]["disk_mb"]}
                for backend in backends}
