@@ -289,7 +289,8 @@ def test_a_busy_batch_takes_joining_rows_a_few_at_a_time_and_an_idle_one_at_once
     from chatbot_llm.serve.scheduler import Scheduler
 
     scheduler = Scheduler(max_batch=32)
-    assert scheduler.join_min == 4
+    lane = scheduler.lanes[0]
+    assert lane.join_min == 4
 
     class Waiting:
         cancelled = False
@@ -298,9 +299,9 @@ def test_a_busy_batch_takes_joining_rows_a_few_at_a_time_and_an_idle_one_at_once
             return True
 
     def admit(live: int, waiting: int) -> int:
-        scheduler._batches = [SimpleNamespace(live=lambda: live)] if live else []
+        lane._batches = [SimpleNamespace(live=lambda: live)] if live else []
         scheduler._waiting.extend(Waiting() for _ in range(waiting))
-        taken = scheduler._admit()
+        taken = lane._admit()
         scheduler._waiting.clear()
         return len(taken)
 
@@ -311,3 +312,64 @@ def test_a_busy_batch_takes_joining_rows_a_few_at_a_time_and_an_idle_one_at_once
     assert admit(live=31, waiting=1) == 1  # nobody else waits: no reason to hold it
     assert admit(live=10, waiting=1) == 1  # light load: at once
     assert admit(live=0, waiting=40) == 32  # an empty batch starts full
+
+
+def test_two_lanes_take_their_share_of_the_rows_each_and_every_row_keeps_its_text(exports, monkeypatch):
+    """serve's lanes: rows that arrive together go to both worker threads, at most a lane's share of
+    max_batch in each, on one shared session, and each row's text is the one it gets alone."""
+    import chatbot_llm.serve.scheduler as scheduler_module
+    from chatbot_llm.models import load_text_generator
+    from chatbot_llm.serve.scheduler import Row, Scheduler
+
+    started: list[tuple[str, int]] = []
+
+    class CountingGenerator(Generator):
+        def __init__(self, model, prompts, *args, **kwargs):
+            started.append((threading.current_thread().name, len(prompts)))
+            super().__init__(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(scheduler_module, "Generator", CountingGenerator)
+    tg = load_text_generator(str(exports["opt"]), threads=1)
+    config = GenerationConfig(do_sample=True, max_new_tokens=12, temperature=1.0, top_k=0,
+                              repetition_penalty=1.0, seed=9)
+    texts = [f"{word} of the house" for word in ["The", "A", "Dreams", "Rooms", "Doors", "Walls", "Lights", "Keys"]]
+    out = [""] * len(texts)
+    done = threading.Semaphore(0)
+
+    def deliver(event):
+        out[event.index] += event.text
+        if event.finish_reason:
+            assert not event.finish_reason.startswith("error"), event.finish_reason
+            done.release()
+
+    scheduler = Scheduler(max_batch=8, lanes=2)
+    assert [lane.max_batch for lane in scheduler.lanes] == [4, 4]
+    scheduler.start()
+    try:
+        scheduler.submit([Row(tg, tg.tokenizer.encode(t).ids, config, index=i, stream_key=0, stops=[], deliver=deliver)
+                          for i, t in enumerate(texts)])
+        assert all(done.acquire(timeout=60) for _ in texts)
+        assert scheduler.stats()["lanes"] == 2
+    finally:
+        scheduler.stop()
+    assert sorted(started) == [("chatbot-llm-lane-0", 4), ("chatbot-llm-lane-1", 4)]
+    assert out == [tg.generate([t], config)[0].response for t in texts] and all(out)
+
+
+def test_lanes_split_max_batch_and_serve_picks_them_for_the_cores(monkeypatch):
+    import chatbot_llm.runtime.device as device_module
+    from chatbot_llm.cli.serve import _lanes_and_threads
+    from chatbot_llm.errors import UsageError
+    from chatbot_llm.serve.scheduler import Scheduler
+
+    assert [lane.max_batch for lane in Scheduler(max_batch=5, lanes=2).lanes] == [3, 2]
+    with pytest.raises(ValueError):
+        Scheduler(max_batch=2, lanes=3)
+    for cores, expected in [(1, (1, None)), (2, (2, 1)), (16, (2, 15))]:
+        monkeypatch.setattr(device_module, "default_threads", lambda cores=cores: cores)
+        assert _lanes_and_threads(None, "cpu", 32) == expected
+    assert _lanes_and_threads(None, "cuda", 32) == (1, None)
+    assert _lanes_and_threads(None, "cpu", 1) == (1, None)  # one row: one lane
+    assert _lanes_and_threads(4, "cpu", 32) == (4, 13)
+    with pytest.raises(UsageError, match="more than --max-batch"):
+        _lanes_and_threads(3, "cpu", 2)

@@ -72,7 +72,7 @@ def server(tiny_checkpoint, exports, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     history = folder / "history.db"
     url, process = start_server(
-        ["--model", str(tiny_checkpoint), "--api-key", KEY, "--max-new-tokens", "8", "--max-batch", "32",
+        ["--model", str(tiny_checkpoint), "--api-key", KEY, "--max-new-tokens", "8", "--max-batch", "32", "--lanes", "2",
          "--max-queue", "40", "--max-body", "4096", "--log-db", str(history)], folder / "serve.log")
     yield Server(url, process, history, tiny_checkpoint.name)
     process.terminate()
@@ -171,6 +171,7 @@ def test_a_seeded_request_gives_the_same_text_alone_or_alongside_31_others(serve
 
     alone, together = asyncio.run(run())
     assert together[0] == alone
+    assert httpx.get(server.url + "/health").json()["lanes"] == 2  # the 32 rows ran in two lanes
 
 
 # ---------------------------------------------------------------- the scheduler
@@ -367,6 +368,13 @@ def test_serve_on_a_taken_port_is_one_line(tiny_checkpoint, exports):
         taken.listen()
         result = run_cli("serve", "--model", str(tiny_checkpoint), "--port", str(taken.getsockname()[1]))
     assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_more_lanes_than_rows_is_one_line(tiny_checkpoint, exports):
+    result = run_cli("serve", "--model", str(tiny_checkpoint), "--port", str(free_port()), "--max-batch", "2",
+                     "--lanes", "3")
+    assert result.returncode == 2 and "--lanes 3 is more than --max-batch 2" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -13,6 +13,7 @@ from statistics import median
 from typing import Callable
 
 from chatbot_llm.errors import ChatbotError, UsageError
+from chatbot_llm.runtime.device import default_threads
 
 # onnx-fp16-nograph: the fp16 export through the same fixed buffers, with CUDA graphs off
 BACKENDS = ("torch", "onnx-fp32", "onnx-opt", "onnx-int8", "onnx-int4", "onnx-fp16", "onnx-fp16-nograph")
@@ -157,15 +158,6 @@ def gpu_name() -> str | None:
         return None
     names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     return ", ".join(names) if result.returncode == 0 and names else None
-
-
-def default_threads() -> int:
-    """One thread count for every backend: the cores this process may run on (CTranslate2's own
-    default is 4 threads, onnxruntime's the physical cores, torch's its own)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def check_fits(ref, prompt_tokens: int, new_tokens: int) -> Path:

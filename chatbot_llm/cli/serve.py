@@ -29,6 +29,10 @@ from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
                    "[env: CHATBOT_LLM_API_KEY].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Rows generated together at most; more requests wait in the queue.")
+@click.option("--lanes", type=click.IntRange(min=1), metavar="N",
+              help="Worker threads that step batches side by side, each with its share of --max-batch (default: 2 "
+                   "on the CPU where there are 2 or more cores, so one lane's forward pass runs while the other "
+                   "is in Python; 1 on CUDA).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows waiting at most; beyond it a request gets 503 with Retry-After.")
 @click.option("--stream-interval", type=click.IntRange(min=0), default=0, show_default=True, metavar="MS",
@@ -40,7 +44,7 @@ from chatbot_llm.models import DEFAULT_MODEL, DEFAULT_VARIANT, VARIANTS
 @history_options
 @generation_options
 def serve(models: tuple[str, ...], variant: str | None, device: str, host: str, port: int, api_key: str | None,
-          max_batch: int, max_queue: int, stream_interval: int, max_body: int, template: str | None, log_db: Path | None, no_log: bool,
+          max_batch: int, lanes: int | None, max_queue: int, stream_interval: int, max_body: int, template: str | None, log_db: Path | None, no_log: bool,
           **kwargs: Any) -> None:
     """Serve models over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models), with a chat page at /.
 
@@ -71,21 +75,40 @@ def serve(models: tuple[str, ...], variant: str | None, device: str, host: str, 
     defaults = {ref.name: resolve_generation_config(model_defaults(ref), dict(generation_args)) for ref in refs}
     _check_port(host, port)
     variant = variant or default_variant(device)
+    lanes, threads = _lanes_and_threads(lanes, device, max_batch)
     served = {}
     for ref in refs:
         with err.status(f"preparing {ref.name} (onnx, {variant})"):
             # no busy-waiting threads: the event loop and the clients' connections need the cores too
             tg = load_text_generator(ref, "onnx", variant, on_stage=stage, on_warning=warn, device=device,
-                                     spinning=False)
+                                     threads=threads, spinning=False)
         served[ref.name] = ServedModel(ref.name, tg, defaults[ref.name])
     settings = ServerSettings(served, Scheduler(max_batch=max_batch, max_queue=max_queue,
-                                                  stream_interval=stream_interval / 1000), chat_template,
+                                                  stream_interval=stream_interval / 1000, lanes=lanes), chat_template,
                               template or DEFAULT_TEMPLATE, api_key, history, Limits(max_body_bytes=max_body))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         warn(f"listening on {host} without --api-key: anyone who can reach this machine can use the models")
     err.print(f"serving {', '.join(served)} at http://{host}:{port}/ (OpenAI API under /v1; "
               f"history: {'off' if history is None else history.path}); Ctrl-C stops")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _lanes_and_threads(lanes: int | None, device: str, max_batch: int) -> tuple[int, int | None]:
+    """The scheduler's lanes, and onnxruntime's intra-op threads (None: its default) for the one
+    session per model that the lanes share. Two lanes' passes at once run on their own two threads
+    and share the pool's others: cores - lanes + 1 threads keep every core busy and none
+    oversubscribed (on 2 cores: 1, each lane's pass on its own thread)."""
+    import onnxruntime as ort
+
+    from chatbot_llm.runtime.device import CUDA, default_threads
+
+    cores = default_threads()
+    on_cpu = device == "cpu" or (device == "auto" and CUDA not in ort.get_available_providers())
+    if lanes is None:
+        lanes = 2 if on_cpu and cores >= 2 and max_batch >= 2 else 1
+    if lanes > max_batch:
+        raise UsageError(f"--lanes {lanes} is more than --max-batch {max_batch}: each lane needs a row at least")
+    return lanes, (max(1, cores - lanes + 1) if lanes > 1 else None)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import onnxruntime as ort
@@ -69,3 +70,12 @@ def started_on(session: ort.InferenceSession, requested: str, on_stage: Callable
     if requested == "auto" and CUDA in ort.get_available_providers():
         on_stage("--device auto: the CUDA provider did not start, running on the CPU")
     return "cpu"
+
+
+def default_threads() -> int:
+    """One thread count for every backend: the cores this process may run on (CTranslate2's own
+    default is 4 threads, onnxruntime's the physical cores, torch's its own)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

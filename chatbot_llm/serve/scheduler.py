@@ -1,9 +1,10 @@
-"""The scheduler: one worker thread owns the models and runs every forward pass.
+"""The scheduler: worker threads (lanes) run every forward pass.
 
 Requests become rows (one per prompt and choice). Rows wait in a bounded queue; at each step
-boundary the worker admits waiting rows, then steps every running Generator once, with at most
-max_batch rows live in all. The asyncio side never waits on a forward pass: each token's text goes
-back through the row's `deliver` callback, which the app points at its Mailbox (one loop wake-up a step).
+boundary a lane admits waiting rows, then steps every running Generator of its own once, with at
+most its share of max_batch rows live (see _Lane for why serve runs two lanes on the CPU). The
+asyncio side never waits on a forward pass: each token's text goes back through the row's
+`deliver` callback, which the app points at its Mailbox (one loop wake-up a step).
 
 Continuous batching. Rows share a Generator only when they share a model and generation settings
 (a group). Each group has one running Generator, and newcomers join it between steps
@@ -110,37 +111,35 @@ class _Batch:
 
 class Scheduler:
     ROWS_PER_GENERATOR = 1024  # then a fresh Generator takes the newcomers: finished rows' state is let go
-    JOIN_FRACTION = 8  # joining rows come max_batch // JOIN_FRACTION at a time while the batch is busy
+    JOIN_FRACTION = 8  # joining rows come a lane's max_batch // JOIN_FRACTION at a time while it is busy
     JOIN_WAIT = 4  # steps at most that free room waits for more rows to join it
 
-    def __init__(self, max_batch: int = 32, max_queue: int = 256, stream_interval: float = 0.0):
+    def __init__(self, max_batch: int = 32, max_queue: int = 256, stream_interval: float = 0.0, lanes: int = 1):
         """stream_interval: seconds a row's text may wait to go out with the next token's (0: every
-        token at once). A row's first text and its end always go at once."""
+        token at once). A row's first text and its end always go at once.
+        lanes: worker threads, each stepping Generators of its own with its share of max_batch (see _Lane)."""
+        if not 1 <= lanes <= max_batch:
+            raise ValueError(f"lanes must be between 1 and max_batch ({max_batch}), not {lanes}")
         self.stream_interval = stream_interval
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.admit_min = max(1, max_batch // 4)  # for rows that cannot join a running Generator
-        # rows that join a running Generator join join_min or more at a time while the batch is nearly
-        # full, waiting at most JOIN_WAIT steps for the room: each join is a forward pass of its own
-        self.join_min = max(1, max_batch // self.JOIN_FRACTION)
-        self._held = 0  # steps the waiting rows have been held back so far
         self._lock = threading.Condition()
         self._waiting: deque[Row] = deque()
-        self._batches: list[_Batch] = []  # the worker's own
-        self._joinable: dict[tuple, _Batch] = {}  # group -> its running Generator that takes newcomers
-        self._live_rows = 0  # read by other threads under the lock
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="chatbot-llm-scheduler", daemon=True)
+        shares = [max_batch // lanes + (i < max_batch % lanes) for i in range(lanes)]
+        self.lanes = [_Lane(self, i, share) for i, share in enumerate(shares)]
 
     # ------------------------------------------------------------ the asyncio side (never blocks)
 
     def start(self) -> None:
-        self._thread.start()
+        for lane in self.lanes:
+            lane.thread.start()
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        self._thread.join(timeout=30)
+        for lane in self.lanes:
+            lane.thread.join(timeout=30)
 
     def submit(self, rows: list[Row]) -> None:
         with self._lock:
@@ -158,17 +157,37 @@ class Scheduler:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"live_rows": self._live_rows, "waiting_rows": len(self._waiting),
-                    "max_batch": self.max_batch, "max_queue": self.max_queue}
+            return {"live_rows": sum(lane.live_rows for lane in self.lanes), "waiting_rows": len(self._waiting),
+                    "max_batch": self.max_batch, "max_queue": self.max_queue, "lanes": len(self.lanes)}
 
-    # ------------------------------------------------------------ the worker
+
+class _Lane:
+    """A worker thread and the Generators it steps, with at most `max_batch` rows live in all.
+
+    With two lanes on two cores, one lane's forward pass (onnxruntime, which lets go of the GIL)
+    runs while the other lane is in Python (the draw, detokenizing, events), so neither core waits
+    for the other's kind of work; serve gives each lane's passes its share of the cores' threads.
+    Waiting rows go to whichever lane has room at its next step boundary."""
+
+    def __init__(self, scheduler: Scheduler, number: int, max_batch: int):
+        self.scheduler, self.max_batch = scheduler, max_batch
+        self.admit_min = max(1, max_batch // 4)  # for rows that cannot join a running Generator
+        # rows that join a running Generator join join_min or more at a time while the batch is nearly
+        # full, waiting at most JOIN_WAIT steps for the room: each join is a forward pass of its own
+        self.join_min = max(1, max_batch // scheduler.JOIN_FRACTION)
+        self._held = 0  # steps the waiting rows have been held back so far
+        self._batches: list[_Batch] = []
+        self._joinable: dict[tuple, _Batch] = {}  # group -> its running Generator that takes newcomers
+        self.live_rows = 0  # read by other threads under the scheduler's lock
+        self.thread = threading.Thread(target=self._run, name=f"chatbot-llm-lane-{number}", daemon=True)
 
     def _run(self) -> None:
+        lock, waiting = self.scheduler._lock, self.scheduler._waiting
         while True:
-            with self._lock:
-                while not self._stopping and not self._batches and not self._waiting:
-                    self._lock.wait()
-                if self._stopping:
+            with lock:
+                while not self.scheduler._stopping and not self._batches and not waiting:
+                    lock.wait()
+                if self.scheduler._stopping:
                     return
                 newcomers = self._admit()
             for rows in _groups(newcomers):
@@ -180,30 +199,30 @@ class Scheduler:
                     self._fail(batch, exc)
             self._batches = [b for b in self._batches if not b.over()]
             self._joinable = {key: b for key, b in self._joinable.items() if not b.over()}
-            with self._lock:
-                self._live_rows = sum(b.live() for b in self._batches)
+            with lock:
+                self.live_rows = sum(b.live() for b in self._batches)
 
     def _admit(self) -> list[Row]:
         """Waiting rows to start now, in their order (under the lock)."""
+        waiting = self.scheduler._waiting
         live = sum(b.live() for b in self._batches)
         free = self.max_batch - live
         taken = []
-        if (live and 0 < free < self.join_min and len(self._waiting) > free and self._held < self.JOIN_WAIT
-                and self._waiting[0].can_join()):
+        if (live and 0 < free < self.join_min and len(waiting) > free and self._held < self.scheduler.JOIN_WAIT
+                and waiting[0].can_join()):
             self._held += 1  # a join pass for one or two rows costs nearly what it costs for a few more
-            self._live_rows = live
-            return taken
-        self._held = 0
-        while self._waiting and len(taken) < free:
-            row = self._waiting[0]
-            if not row.cancelled and live and free < self.admit_min and not row.can_join():
-                break  # it would start a small Generator of its own: it waits for more room
-            self._waiting.popleft()
-            if not row.cancelled:
-                taken.append(row)
-        while self._waiting and self._waiting[0].cancelled:
-            self._waiting.popleft()
-        self._live_rows = live + len(taken)
+        else:
+            self._held = 0
+            while waiting and len(taken) < free:
+                row = waiting[0]
+                if not row.cancelled and live and free < self.admit_min and not row.can_join():
+                    break  # it would start a small Generator of its own: it waits for more room
+                waiting.popleft()
+                if not row.cancelled:
+                    taken.append(row)
+            while waiting and waiting[0].cancelled:
+                waiting.popleft()
+        self.live_rows = live + len(taken)
         return taken
 
     def _start(self, rows: list[Row]) -> None:
@@ -222,7 +241,7 @@ class Scheduler:
             for row in rows:
                 row.deliver(RowEvent(row.index, "", "error:" + str(exc)))
             return
-        if batch.taken >= self.ROWS_PER_GENERATOR and self._joinable.get(key) is batch:
+        if batch.taken >= self.scheduler.ROWS_PER_GENERATOR and self._joinable.get(key) is batch:
             del self._joinable[key]  # it runs down; newcomers start a fresh one
 
     def _step(self, batch: _Batch) -> None:
@@ -262,7 +281,7 @@ class Scheduler:
                     text += live.stop_text.add(live.decoder.flush())
                     text += live.stop_text.flush()
             text, live.held = live.held + text, ""
-            if text and finish is None and live.sent_at is not None and now - live.sent_at < self.stream_interval:
+            if text and finish is None and live.sent_at is not None and now - live.sent_at < self.scheduler.stream_interval:
                 live.held = text  # it goes with a later token's text
                 continue
             if text:
