@@ -56,47 +56,77 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-async def one_request(client: httpx.AsyncClient, index: int, prompt: str, settings: dict) -> dict:
-    body = {"model": "dream", "prompt": prompt, "stream": True, "stream_options": {"include_usage": True},
-            **settings}
-    start = time.perf_counter()
-    first = None
-    text, finishes, done, usage = "", [], 0, None
-    async with client.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                done += 1
-                continue
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk["choices"]:
-                if choice["text"] and first is None:
-                    first = time.perf_counter() - start
-                text += choice["text"]
-                if choice["finish_reason"]:
-                    finishes.append(choice["finish_reason"])
-    end = time.perf_counter() - start
-    return {"index": index, "ttft": first if first is not None else end, "latency": end, "text": text,
-            "finishes": finishes, "done": done, "tokens": usage["completion_tokens"] if usage else 0,
-            "finished_at": time.perf_counter()}
+class _Reply:
+    """What one streamed request gave: its SSE events, parsed as they come."""
+
+    def __init__(self, index: int):
+        self.index, self.start = index, time.perf_counter()
+        self.first: float | None = None
+        self.text, self.finishes, self.done, self.usage = "", [], 0, None
+
+    def line(self, line: str) -> None:
+        if not line.startswith("data: "):
+            return
+        data = line[6:].strip()
+        if data == "[DONE]":
+            self.done += 1
+            return
+        chunk = json.loads(data)
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk["choices"]:
+            if choice["text"] and self.first is None:
+                self.first = time.perf_counter() - self.start
+            self.text += choice["text"]
+            if choice["finish_reason"]:
+                self.finishes.append(choice["finish_reason"])
+
+    def result(self) -> dict:
+        end = time.perf_counter() - self.start
+        return {"index": self.index, "ttft": self.first if self.first is not None else end, "latency": end,
+                "text": self.text, "finishes": self.finishes, "done": self.done,
+                "tokens": self.usage["completion_tokens"] if self.usage else 0, "finished_at": time.perf_counter()}
 
 
-async def load(url: str, prompts: list[str], clients: int, settings: dict) -> tuple[list[dict], float]:
+def _body(prompt: str, settings: dict) -> dict:
+    return {"model": "dream", "prompt": prompt, "stream": True, "stream_options": {"include_usage": True}, **settings}
+
+
+async def load(url: str, prompts: list[str], clients: int, settings: dict,
+               client: str = "aiohttp") -> tuple[list[dict], float]:
+    """CLIENTS streaming clients, each with one keep-alive connection, take the next prompt until
+    none is left. client: aiohttp (the default: it parses a stream with about half httpx's CPU,
+    which on two shared cores is the server's) or httpx."""
     queue = list(enumerate(prompts, start=1))
     queue.reverse()
     results: list[dict] = []
 
-    async def client_loop() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+    async def with_httpx() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as session:
             while queue:
                 index, prompt = queue.pop()
-                results.append(await one_request(client, index, prompt, settings))
+                reply = _Reply(index)
+                async with session.stream("POST", "/v1/completions", json=_body(prompt, settings)) as response:
+                    response.raise_for_status()
+                    async for line in response.aiter_lines():
+                        reply.line(line)
+                results.append(reply.result())
 
+    async def with_aiohttp() -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=600),
+                                         connector=aiohttp.TCPConnector(limit=1)) as session:
+            while queue:
+                index, prompt = queue.pop()
+                reply = _Reply(index)
+                async with session.post("/v1/completions", json=_body(prompt, settings)) as response:
+                    response.raise_for_status()
+                    async for line in response.content:
+                        reply.line(line.decode())
+                results.append(reply.result())
+
+    client_loop = {"aiohttp": with_aiohttp, "httpx": with_httpx}[client]
     start = time.perf_counter()
     await asyncio.gather(*[client_loop() for _ in range(clients)])
     return results, time.perf_counter() - start
@@ -144,6 +174,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp",
+                        help="the load test's HTTP client (default aiohttp: the lighter on the shared cores)")
+    parser.add_argument("--lanes", type=int, help="serve --lanes N (default: serve's own)")
     parser.add_argument("--stream-interval", type=int, default=0, help="serve --stream-interval MS (default 0)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
     args = parser.parse_args()
@@ -158,7 +191,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     log = open(work / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "chatbot_llm", "serve", "--model", "dream", "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--stream-interval", str(args.stream_interval), "--log-db", str(work / "history.db")],
+                               "--max-batch", str(args.max_batch), "--stream-interval", str(args.stream_interval), "--log-db", str(work / "history.db"),
+                               *(["--lanes", str(args.lanes)] if args.lanes else [])],
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900  # a first run exports dream
@@ -179,7 +213,7 @@ def main() -> None:
         t0 = time.perf_counter()
         sampler = threading.Thread(target=sample_rss, args=(server.pid, samples, stop, t0), daemon=True)
         sampler.start()
-        results, wall = asyncio.run(load(url, prompts, args.clients, settings))
+        results, wall = asyncio.run(load(url, prompts, args.clients, settings, args.client))
         stop.set()
         sampler.join()
         rss_end = rss_mb(server.pid)
@@ -203,8 +237,9 @@ def main() -> None:
         "command": " ".join(["python benchmarks/serve_load.py", *sys.argv[1:]]),
         "machine": machine(),
         "load_average_1_5_15": {"before": load_before, "after_server_run": load_during},
-        "settings": {"model": "dream", "variant": "opt (default)", "requests": args.requests, "clients": args.clients,
+        "settings": {"model": "dream", "variant": "opt (default)", "requests": args.requests, "clients": args.clients, "client": args.client,
                      "max_tokens": args.max_tokens, "max_batch": args.max_batch, "stream_interval_ms": args.stream_interval,
+                     "lanes": args.lanes or "serve's default",
                      "sampling": "dream's generation_config.json (temperature 0.7, top_k 50, top_p 0.9, "
                                  "repetition_penalty 1.2), unseeded"},
         "server": {
