@@ -7,17 +7,17 @@ asyncio side never waits on a forward pass: each token's text goes back through 
 `deliver` callback, which the app points at its Mailbox (one loop wake-up a step).
 
 Continuous batching. Rows share a Generator only when they share a model and generation settings
-(a group). Each group has one running Generator, and newcomers join it between steps
+(a group). Each group has one running Generator in each lane, and newcomers join it between steps
 (Generator.add_rows): their prompts run in a pass of their own beside the others' decode step, and
 from the next step on they decode in the same pass as everyone else. A forward pass of this small
-model costs about the same for 8 rows as for 32, so one pass of 32 rows, not several small
-Generators stepped in turn, is what keeps up with `batch --batch-size 32`. A Generator that has taken
+model costs about the same for 8 rows as for 32, so one pass of all a lane's rows, not several
+small Generators stepped in turn, is what keeps up with `batch --batch-size 32`. A Generator that has taken
 ROWS_PER_GENERATOR rows takes no more (it keeps every row's tokens and results): the next newcomers
 start a fresh one and the old one runs down.
 
 Where a batch cannot take rows mid-way (Optimum's fp32 graph, and the decoder graph's device
 buffers under IO binding), waiting rows start a new Generator together instead; while rows are live
-they wait until a quarter of max_batch is free, since a Generator of one or two rows costs a forward
+they wait until a quarter of the lane's rows is free, since a Generator of one or two rows costs a forward
 pass and a round of Python per step for little work.
 
 A row's logits, and so its text, are the same alone or alongside 31 others, whenever it joins: the
@@ -166,7 +166,7 @@ class _Lane:
 
     With two lanes on two cores, one lane's forward pass (onnxruntime, which lets go of the GIL)
     runs while the other lane is in Python (the draw, detokenizing, events), so neither core waits
-    for the other's kind of work; serve gives each lane's passes its share of the cores' threads.
+    for the other's kind of work (serve sizes the shared session's threads for it: cli/serve.py).
     Waiting rows go to whichever lane has room at its next step boundary."""
 
     def __init__(self, scheduler: Scheduler, number: int, max_batch: int):
